@@ -1,0 +1,157 @@
+"""Model files: one file holds the configuration and the weights, and rebuilds the model.
+
+The file is ``torch.save`` of plain types only (str, int, float, dict, list, tensors),
+read back with ``torch.load(weights_only=True)``, which refuses any other object, so
+loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_fusion._io import atomic_write_bytes
+from mnist_fusion.models.fusion import FusionModel, FusionModelConfig
+
+__all__ = ["CheckpointError", "load", "load_metadata", "save"]
+
+FORMAT = "mnist_fusion.model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a model checkpoint, is damaged, or does not fit its configuration."""
+
+
+def save(
+    model: FusionModel, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to ``path`` atomically: its configuration, weights and ``metadata``.
+
+    Args:
+        model: The model to save.
+        path: Destination file; its folder must exist.
+        metadata: Optional plain data (str, int, float, bool, lists, dicts) stored beside
+            the weights, such as the seed the model was trained with.
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileNotFoundError: If the folder of ``path`` does not exist.
+        TypeError: If ``model`` is not a FusionModel.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.pt"
+        >>> _ = save(FusionModel(), path, metadata={"seed": 0})
+        >>> type(load(path)).__name__, load_metadata(path)
+        ('FusionModel', {'seed': 0})
+    """
+    if not isinstance(model, FusionModel):
+        raise TypeError(f"Expected a FusionModel, but got {type(model).__name__}.")
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> FusionModel:
+    """Rebuild the model saved at ``path``, in eval mode.
+
+    Args:
+        path: A file written by :func:`save`.
+        map_location: Device for the weights.
+
+    Returns:
+        The model with its weights loaded.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        CheckpointError: If the file is not a checkpoint, is truncated, or its weights
+            do not fit its configuration.
+    """
+    payload = _read(path, map_location)
+    config = _config_from(payload, path)
+    model = FusionModel(config)
+
+    missing, unexpected = _compare_keys(model.state_dict(), payload["state_dict"])
+    if missing or unexpected:
+        raise CheckpointError(
+            f"The weights in {str(path)!r} do not fit its configuration: missing keys "
+            f"{missing}, unexpected keys {unexpected}."
+        )
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"The weights in {str(path)!r} do not fit: {error}") from error
+    return model.eval()
+
+
+def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the metadata stored by :func:`save`.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        CheckpointError: If the file is not a checkpoint.
+    """
+    return dict(_read(path, "cpu").get("metadata", {}))
+
+
+def _read(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable mnist_fusion checkpoint (truncated, damaged, "
+            f"or another kind of file): {_first_line(error)}"
+        ) from error
+
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not an mnist_fusion model checkpoint: expected "
+            f"format {FORMAT!r}. Write model files with mnist_fusion.checkpoint.save."
+        )
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has format version {payload.get('format_version')!r}; this "
+            f"version of mnist_fusion reads version {FORMAT_VERSION}."
+        )
+    return payload
+
+
+def _config_from(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> FusionModelConfig:
+    try:
+        return FusionModelConfig.from_dict(payload["config"])
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{str(path)!r} holds an invalid configuration: {error}") from error
+
+
+def _compare_keys(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str]]:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    return missing, unexpected
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,176 @@
+"""A tensor-resident fused dataset that builds a whole batch from an index tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from mnist_fusion.data.pairing import TargetFn, _resolve_targets
+from mnist_fusion.data.side import _check_index
+
+__all__ = ["BatchLoader", "TensorFusionDataset", "MNIST_MEAN", "MNIST_STD"]
+
+MNIST_MEAN = 0.1307
+"""Mean pixel of the MNIST training images, after scaling to [0, 1]."""
+
+MNIST_STD = 0.3081
+"""Standard deviation of the MNIST training pixels, after scaling to [0, 1]."""
+
+
+class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
+    """Images, labels and side inputs held once in memory as tensors.
+
+    Images stay uint8 and are scaled to ``[0, 1]`` and normalised per batch with the
+    same operations, in the same order, as torchvision's ``ToTensor`` followed by
+    ``Normalize(mean, std)``, so a sample equals the per-item path's bit for bit.
+
+    Args:
+        images: uint8 tensor ``[N, H, W]`` or ``[N, C, H, W]``.
+        labels: Integer tensor ``[N]``.
+        side: Integer tensor ``[N]``.
+        mean: Per-channel mean subtracted after scaling.
+        std: Per-channel standard deviation divided out after subtracting the mean.
+        targets: Target names from :data:`~mnist_fusion.data.TARGETS` or a mapping of
+            name to ``callable(label, side)``; the callables must work on batches.
+
+    Raises:
+        TypeError: If ``images`` is not uint8 or the labels or side are not integers.
+        ValueError: If the lengths differ.
+
+    Example:
+        >>> data = TensorFusionDataset(
+        ...     torch.zeros(3, 28, 28, dtype=torch.uint8), torch.tensor([1, 2, 3]),
+        ...     torch.tensor([4, 5, 6]))
+        >>> batch = data.batch(torch.tensor([2, 0]))
+        >>> batch["image"].shape, batch["sum"].tolist()
+        (torch.Size([2, 1, 28, 28]), [9, 5])
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        side: torch.Tensor,
+        *,
+        mean: float | Sequence[float] = MNIST_MEAN,
+        std: float | Sequence[float] = MNIST_STD,
+        targets: Sequence[str] | Mapping[str, TargetFn] | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"Expected uint8 images, but got dtype {images.dtype}.")
+        for name, tensor in (("labels", labels), ("side", side)):
+            if tensor.is_floating_point() or tensor.dtype == torch.bool:
+                raise TypeError(f"Expected integer {name}, but got dtype {tensor.dtype}.")
+        if not len(images) == len(labels) == len(side):
+            raise ValueError(
+                "Expected images, labels and side of one length, but got "
+                f"{len(images)}, {len(labels)} and {len(side)}."
+            )
+
+        self.images = images if images.ndim == 4 else images.unsqueeze(1)
+        self.labels = labels.to(torch.int64)
+        self.side = side.to(torch.int64)
+        channels = self.images.shape[1]
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).expand(channels).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).expand(channels).view(-1, 1, 1)
+        self.targets = _resolve_targets(targets)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Build the batch at ``indices`` with tensor operations only."""
+        images = self.images[indices].to(torch.float32).div(255).sub(self.mean).div(self.std)
+        labels = self.labels[indices]
+        side = self.side[indices]
+
+        batch = {"image": images, "side": side, "index": indices.to(torch.int64)}
+        for name, target_fn in self.targets.items():
+            batch[name] = target_fn(labels, side)
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = _check_index(index, len(self))
+        batch = self.batch(torch.tensor([index]))
+        return {name: value[0] for name, value in batch.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """Return the samples at ``indices`` as a list, as the DataLoader fetcher expects."""
+        index_tensor = torch.tensor([_check_index(i, len(self)) for i in indices])
+        batch = self.batch(index_tensor)
+        return [{name: value[row] for name, value in batch.items()} for row in range(len(indices))]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(length={len(self)}, "
+            f"image_shape={tuple(self.images.shape[1:])}, targets={list(self.targets)})"
+        )
+
+
+class BatchLoader:
+    """Iterate over a :class:`TensorFusionDataset` in batches, with no per-item Python.
+
+    A drop-in for a DataLoader in this library's loops: each iteration yields a dict of
+    batched tensors. Shuffling draws a permutation from a private generator seeded once,
+    so the order depends on ``seed`` and the epoch count only, never on the global RNG.
+
+    Args:
+        dataset: The tensor-resident dataset.
+        batch_size: Samples per batch.
+        shuffle: Draw a new permutation each epoch.
+        drop_last: Drop the last batch when it is smaller than ``batch_size``.
+        seed: Seed of the shuffling generator.
+
+    Raises:
+        ValueError: If ``batch_size`` is not a positive integer.
+
+    Example:
+        >>> data = TensorFusionDataset(
+        ...     torch.zeros(5, 28, 28, dtype=torch.uint8), torch.arange(5), torch.arange(5))
+        >>> [len(b["index"]) for b in BatchLoader(data, batch_size=2)]
+        [2, 2, 1]
+    """
+
+    def __init__(
+        self,
+        dataset: TensorFusionDataset,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Expected `batch_size` to be a positive integer, got {batch_size!r}.")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.dataset) // self.batch_size
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        count = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(count, generator=self.generator)
+        else:
+            order = torch.arange(count)
+
+        for batch_index in range(len(self)):
+            start = batch_index * self.batch_size
+            yield self.dataset.batch(order[start : start + self.batch_size])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Return the shuffling generator's state, so a resumed run draws the same orders."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore the state written by :meth:`state_dict`."""
+        self.generator.set_state(state["generator"])
+

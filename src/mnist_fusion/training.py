@@ -1,0 +1,308 @@
+"""Training and evaluation loops for fusion models, with resumable training checkpoints."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mnist_fusion._io import atomic_write_bytes
+from mnist_fusion.losses import FusionLoss
+from mnist_fusion.metrics import FusionMetrics
+from mnist_fusion.models.fusion import FusionModel
+
+__all__ = ["TRAINING_STATE_NAME", "Callback", "evaluate", "fit", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+Batch = Mapping[str, torch.Tensor]
+Callback = Callable[[int, dict[str, float]], None]
+"""Called after each epoch with the epoch number (from 1) and that epoch's record."""
+
+TRAINING_STATE_NAME = "training_state.pt"
+_TRAINING_FORMAT = "mnist_fusion.training"
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``) into a torch device.
+
+    ``"auto"`` picks CUDA when it is available, else the CPU.
+
+    Raises:
+        ValueError: For another string, or ``"cuda"`` on a machine without CUDA.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.split(":")[0] not in _DEVICES:
+        raise ValueError(f"Invalid device {device!r}; expected one of {list(_DEVICES)}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} was requested, but CUDA is not available here.")
+    return torch.device(device)
+
+
+def fit(
+    model: FusionModel,
+    train_loader: Iterable[Batch],
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scheduler_interval: str = "step",
+    eval_loader: Iterable[Batch] | None = None,
+    device: str | torch.device = "auto",
+    grad_clip: float | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``epochs`` epochs and return one record per epoch.
+
+    Each record holds ``epoch``, ``loss``, ``digit_loss`` and ``sum_loss`` (averages
+    weighted by batch size), ``train_seconds`` (time in training steps only) and, when
+    ``eval_loader`` is given, ``test_``-prefixed :class:`FusionMetrics` values.
+
+    Args:
+        model: The model; it is moved to ``device``.
+        train_loader: Iterable of dict batches with ``image``, ``side``, ``digit``, ``sum``.
+        epochs: Total number of epochs, counting any already done before a resume.
+        optimizer: Optimizer over ``model``'s parameters.
+        loss_fn: Loss module; defaults to ``FusionLoss()``.
+        scheduler: Optional learning-rate scheduler.
+        scheduler_interval: ``"step"`` to step the scheduler after each batch, ``"epoch"``
+            after each epoch.
+        eval_loader: Optional loader evaluated after each epoch.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        grad_clip: Clip the gradient norm to this value when given.
+        callbacks: Functions called after each epoch with ``(epoch, record)``.
+        checkpoint_dir: Folder for a training checkpoint written atomically after each
+            epoch (model, optimizer, scheduler, RNG and loader state, history).
+        resume: Continue from the checkpoint in ``checkpoint_dir`` when there is one.
+        progress: Show a progress bar; defaults to whether stderr is a terminal.
+
+    Returns:
+        The history: a list of per-epoch records, including those before a resume.
+
+    Raises:
+        ValueError: For invalid arguments, or ``resume`` without ``checkpoint_dir``.
+        FloatingPointError: If the loss becomes NaN or infinite; the last good
+            checkpoint stays in place.
+    """
+    _check_fit_arguments(epochs, scheduler_interval, resume, checkpoint_dir)
+    device = resolve_device(device)
+    model.to(device)
+    loss_fn = loss_fn or FusionLoss()
+    show = sys.stderr.isatty() if progress is None else progress
+    state_path = Path(checkpoint_dir) / TRAINING_STATE_NAME if checkpoint_dir else None
+
+    history: list[dict[str, float]] = []
+    if resume and state_path is not None and state_path.is_file():
+        history = _load_training_state(state_path, model, optimizer, scheduler, train_loader)
+        logger.info("Resumed from %s after epoch %d", state_path, len(history))
+
+    for epoch in range(len(history) + 1, epochs + 1):
+        record = _train_one_epoch(
+            model, train_loader, optimizer, loss_fn, scheduler, scheduler_interval,
+            device, grad_clip, epoch, epochs, show,
+        )  # fmt: skip
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        if eval_loader is not None:
+            metrics = evaluate(model, eval_loader, device=device, progress=False)
+            record.update({f"test_{name}": value for name, value in metrics.items()})
+
+        history.append(record)
+        logger.info("epoch %d/%d %s", epoch, epochs, _format_record(record))
+        if state_path is not None:
+            _save_training_state(state_path, model, optimizer, scheduler, train_loader, history)
+        for callback in callbacks:
+            callback(epoch, record)
+    return history
+
+
+@torch.no_grad()
+def evaluate(
+    model: FusionModel,
+    loader: Iterable[Batch],
+    *,
+    device: str | torch.device = "auto",
+    metrics: FusionMetrics | None = None,
+    progress: bool | None = None,
+) -> dict[str, float]:
+    """Compute :class:`FusionMetrics` of ``model`` over every batch of ``loader``.
+
+    The metrics are reset first and the model runs in eval mode (restored afterwards),
+    so two calls on an unchanged model return identical values. Pass a loader that
+    neither shuffles nor drops the last batch to count every sample once.
+
+    Args:
+        model: The model to evaluate; it is moved to ``device``.
+        loader: Iterable of dict batches.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        metrics: Metric to use; defaults to ``FusionMetrics(max_sum=model.config.max_sum)``.
+        progress: Show a progress bar; defaults to whether stderr is a terminal.
+
+    Returns:
+        A flat dict of floats, plus ``count``: the number of samples seen.
+    """
+    device = resolve_device(device)
+    model.to(device)
+    metrics = metrics or FusionMetrics(max_sum=model.config.max_sum)
+    metrics = metrics.to(device)
+    metrics.reset()
+    show = sys.stderr.isatty() if progress is None else progress
+
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc="evaluate", leave=False, disable=not show):
+            batch = _to_device(batch, device)
+            metrics.update(model(batch["image"], batch["side"]), batch)
+    finally:
+        model.train(was_training)
+
+    values = {name: float(value) for name, value in metrics.compute().items()}
+    values["count"] = float(metrics.count)
+    return values
+
+
+def _train_one_epoch(
+    model: FusionModel,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scheduler_interval: str,
+    device: torch.device,
+    grad_clip: float | None,
+    epoch: int,
+    epochs: int,
+    show: bool,
+) -> dict[str, float]:
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    started = time.perf_counter()
+
+    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not show)
+    for step, batch in enumerate(bar, start=1):
+        batch = _to_device(batch, device)
+        loss = loss_fn(model(batch["image"], batch["side"]), batch)
+        if not torch.isfinite(loss.total):
+            raise FloatingPointError(
+                f"Loss is {loss.total.item()} at epoch {epoch}, batch {step}; training "
+                "stopped. Lower the learning rate or set grad_clip; the last training "
+                "checkpoint, if any, is unchanged."
+            )
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None and scheduler_interval == "step":
+            scheduler.step()
+
+        size = len(batch["digit"])
+        totals += torch.stack([loss.total, loss.digit, loss.sum]).detach().double().cpu() * size
+        count += size
+
+    averages = (totals / max(count, 1)).tolist()
+    return {
+        "epoch": float(epoch),
+        "loss": averages[0],
+        "digit_loss": averages[1],
+        "sum_loss": averages[2],
+        "train_seconds": time.perf_counter() - started,
+    }
+
+
+def _to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+
+
+def _check_fit_arguments(
+    epochs: int, scheduler_interval: str, resume: bool, checkpoint_dir: object
+) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"Expected `epochs` to be a positive integer, but got {epochs!r}.")
+    if scheduler_interval not in ("step", "epoch"):
+        raise ValueError(
+            f"Invalid `scheduler_interval`={scheduler_interval!r}; expected 'step' or 'epoch'."
+        )
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs `checkpoint_dir`, the folder of the checkpoint.")
+
+
+def _format_record(record: Mapping[str, float]) -> str:
+    parts = []
+    for name, value in record.items():
+        if name != "epoch" and math.isfinite(value):
+            parts.append(f"{name}={value:.4f}")
+    return " ".join(parts)
+
+
+def _save_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loader: object,
+    history: list[dict[str, float]],
+) -> None:
+    state: dict[str, Any] = {
+        "format": _TRAINING_FORMAT,
+        "epoch": len(history),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history": history,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loader: object,
+) -> list[dict[str, float]]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != _TRAINING_FORMAT:
+        raise ValueError(f"{str(path)!r} is not an mnist_fusion training checkpoint.")
+
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if state["loader"] is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(state["loader"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return list(state["history"])
