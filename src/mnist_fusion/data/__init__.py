@@ -13,6 +13,7 @@ from mnist_fusion.data.prepare import (
     verify_mnist,
 )
 from mnist_fusion.data.side import RandomDigits, SideTensor
+from mnist_fusion.data.two_image import TwoImageAddition
 
 __all__ = [
     "MNIST_MD5",
@@ -28,6 +29,7 @@ __all__ = [
     "RandomDigits",
     "SideTensor",
     "TensorFusionDataset",
+    "TwoImageAddition",
     "default_transform",
     "parse_idx",
     "prepare_mnist",

@@ -1,0 +1,61 @@
+"""Tests of the hypothesis strategies and the pairing check offered to users."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.data import Dataset, TensorDataset
+
+from mnist_fusion.data import FusionDataset
+from mnist_fusion.testing import check_pairing, fused_datasets, image_datasets, side_inputs
+
+
+class _ShiftedSide(Dataset):
+    """A side input read one index off: the kind of misalignment the check must catch."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.values[(index + 1) % len(self.values)]
+
+
+@given(fused_datasets(max_size=12))
+def test_check_passes_on_fused(fused):
+    check_pairing(fused, expected_targets={"sum": lambda label, side: label + side})
+
+
+@given(image_datasets(min_size=2, max_size=10), st.data())
+def test_check_catches_shifted_side(images, data):
+    values = data.draw(side_inputs(len(images)))
+    if torch.equal(values, values.roll(-1)):
+        return  # A constant side input cannot show a shift.
+    fused = FusionDataset(images, _ShiftedSide(values))
+    with pytest.raises(AssertionError, match="Pairing broken at index"):
+        check_pairing(fused, side=values)
+
+
+def test_check_catches_wrong_target():
+    images = TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([1, 2, 3, 4]))
+    fused = FusionDataset(images, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(AssertionError, match="index 0: sum does not match"):
+        check_pairing(fused, expected_targets={"sum": lambda label, side: label * side})
+
+
+def test_check_with_workers():
+    images = TensorDataset(torch.rand(20, 1, 2, 2), torch.arange(20) % 10)
+    fused = FusionDataset(images, torch.arange(20) % 7)
+    check_pairing(fused, num_workers=2, batch_size=3)
+
+
+@given(side_inputs(7, low=2, high=4))
+def test_side_inputs_in_range(side):
+    assert side.dtype == torch.int64
+    assert side.shape == (7,)
+    assert int(side.min()) >= 2
+    assert int(side.max()) <= 4
