@@ -32,7 +32,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     Raises:
         FileNotFoundError: If the folder of ``path`` does not exist.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "hello.bin"
         >>> with atomic_writer(target) as f:
@@ -78,7 +78,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     Raises:
         FileNotFoundError: If the folder of ``path`` does not exist.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "hello.bin"
         >>> atomic_write_bytes(target, b"hello")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,17 +36,19 @@ def save(
     Args:
         model: The model to save.
         path: Destination file; its folder must exist.
-        metadata: Optional plain data (str, int, float, bool, lists, dicts) stored beside
-            the weights, such as the seed the model was trained with.
+        metadata: Optional plain data (str, int, float, bool, None, lists, tuples, and
+            dicts with str keys) stored beside the weights, such as the seed the model
+            was trained with.
 
     Returns:
         The path written.
 
     Raises:
         FileNotFoundError: If the folder of ``path`` does not exist.
-        TypeError: If ``model`` is not a FusionModel.
+        TypeError: If ``model`` is not a FusionModel, or ``metadata`` contains a value of
+            another type, which :func:`load` could not read back.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.pt"
         >>> _ = save(FusionModel(), path, metadata={"seed": 0})
@@ -56,6 +57,7 @@ def save(
     """
     if not isinstance(model, FusionModel):
         raise TypeError(f"Expected a FusionModel, but got {type(model).__name__}.")
+    _check_plain(dict(metadata or {}), "metadata")
 
     payload = {
         "format": FORMAT,
@@ -89,14 +91,20 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     config = _config_from(payload, path)
     model = FusionModel(config)
 
-    missing, unexpected = _compare_keys(model.state_dict(), payload["state_dict"])
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(
+            f"{str(path)!r} contains no weights: expected a `state_dict` mapping, but got "
+            f"{type(state_dict).__name__}."
+        )
+    missing, unexpected = _compare_keys(model.state_dict(), state_dict)
     if missing or unexpected:
         raise CheckpointError(
             f"The weights in {str(path)!r} do not fit its configuration: missing keys "
             f"{missing}, unexpected keys {unexpected}."
         )
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state_dict)
     except RuntimeError as error:
         raise CheckpointError(f"The weights in {str(path)!r} do not fit: {error}") from error
     return model.eval()
@@ -118,7 +126,9 @@ def _read(path: str | os.PathLike[str], map_location: str | torch.device) -> dic
         raise FileNotFoundError(f"Checkpoint {str(path)!r} not found.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+    # Bytes that are not a zip archive go to the legacy pickle reader, which fails on
+    # arbitrary data with almost any exception (KeyError, IndexError, struct.error, ...).
+    except Exception as error:
         raise CheckpointError(
             f"{str(path)!r} is not a readable mnist_fusion checkpoint (truncated, damaged, "
             f"or another kind of file): {_first_line(error)}"
@@ -150,6 +160,31 @@ def _compare_keys(
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     return missing, unexpected
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: object, where: str) -> None:
+    # Exact type checks: numpy's float64 subclasses float but pickles as a numpy object,
+    # which the weights_only reader in load rejects.
+    if type(value) in _PLAIN_SCALARS:
+        return
+    if type(value) in (list, tuple):
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            _check_plain(item, f"{where}[{index}]")
+        return
+    if type(value) is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise TypeError(f"Expected str keys in `{where}`, but got key {key!r}.")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"Expected plain data in `{where}` (str, int, float, bool, None, list, tuple, dict), "
+        f"but got {type(value).__module__}.{type(value).__qualname__} {value!r}; convert it, "
+        "for example with str() or float()."
+    )
 
 
 def _first_line(error: BaseException) -> str:

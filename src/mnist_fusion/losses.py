@@ -45,7 +45,7 @@ class FusionLoss(nn.Module):
     Raises:
         ValueError: For an unknown ``sum_loss`` or a negative weight.
 
-    Example:
+    Examples:
         >>> loss_fn = FusionLoss(sum_weight=0.5)
         >>> output = FusionOutput(torch.zeros(2, 10), sum=torch.tensor([3.0, 5.0]))
         >>> batch = {"digit": torch.tensor([1, 2]), "sum": torch.tensor([3, 7])}
@@ -59,9 +59,12 @@ class FusionLoss(nn.Module):
     ) -> None:
         super().__init__()
         if sum_loss not in _SUM_LOSSES:
-            raise ValueError(f"Invalid `sum_loss`={sum_loss!r}; expected one of {_SUM_LOSSES}.")
+            raise ValueError(
+                f"Invalid `sum_loss`={sum_loss!r}; expected one of {list(_SUM_LOSSES)}."
+            )
         for name, weight in (("digit_weight", digit_weight), ("sum_weight", sum_weight)):
-            if weight < 0:
+            # Written as a negation so that a NaN weight is rejected too.
+            if not weight >= 0:
                 raise ValueError(f"Expected `{name}` >= 0, but got {weight!r}.")
         self.digit_weight = digit_weight
         self.sum_weight = sum_weight
@@ -76,7 +79,9 @@ class FusionLoss(nn.Module):
         digit_loss = F.nll_loss(log_probs, digit_target.to(torch.int64))
 
         if output.sum is None:
-            raise ValueError("`sum_loss='mse'` needs a regression output, but `output.sum` is None.")
+            raise ValueError(
+                "`sum_loss='mse'` needs a regression output, but `output.sum` is None."
+            )
         _check_same_shape("sum prediction", output.sum, "sum target", sum_target)
         sum_loss = F.mse_loss(output.sum, sum_target.to(output.sum.dtype))
 
@@ -100,6 +105,19 @@ def _check_targets(digit_logits: torch.Tensor, digit_target: torch.Tensor) -> No
         raise ValueError(
             f"Expected an integer digit target, but got dtype {digit_target.dtype}; "
             "a float class index would be truncated."
+        )
+    if torch.compiler.is_compiling() or digit_target.numel() == 0:
+        return
+
+    # On CUDA an out-of-range class index trips a device-side assert, which leaves the
+    # CUDA context unusable for the rest of the process. This check raises first.
+    classes = digit_logits.shape[1]
+    low, high = int(digit_target.min()), int(digit_target.max())
+    if low < 0 or high >= classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"Digit target {bad} is outside [0, {classes - 1}], the classes of the "
+            f"digit logits [N, {classes}]."
         )
 
 

@@ -32,15 +32,18 @@ class FusionMetrics(Metric):
     Args:
         max_sum: Largest possible sum, for clipping the rounded prediction.
 
-    Example:
+    Examples:
         >>> metrics = FusionMetrics()
         >>> logits = torch.eye(10)[[3, 5]]
         >>> output = FusionOutput(logits, sum=torch.tensor([4.2, 9.0]))
         >>> batch = {"digit": torch.tensor([3, 6]), "sum": torch.tensor([4, 10]),
         ...          "side": torch.tensor([1, 4])}
         >>> metrics.update(output, batch)
-        >>> {k: round(v.item(), 3) for k, v in metrics.compute().items()}
-        {'digit_accuracy': 0.5, 'sum_accuracy': 0.5, 'sum_r2': 0.942, 'sum_mae': 0.6, 'consistency': 1.0}
+        >>> values = {k: round(v.item(), 3) for k, v in metrics.compute().items()}
+        >>> values["digit_accuracy"], values["sum_accuracy"], values["consistency"]
+        (0.5, 0.5, 1.0)
+        >>> values["sum_r2"], values["sum_mae"]
+        (0.942, 0.6)
     """
 
     is_differentiable = False

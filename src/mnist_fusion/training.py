@@ -30,6 +30,7 @@ Callback = Callable[[int, dict[str, float]], None]
 """Called after each epoch with the epoch number (from 1) and that epoch's record."""
 
 TRAINING_STATE_NAME = "training_state.pt"
+"""File name of the training checkpoint that :func:`fit` writes into ``checkpoint_dir``."""
 _TRAINING_FORMAT = "mnist_fusion.training"
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -42,7 +43,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     Raises:
         ValueError: For another string, or ``"cuda"`` on a machine without CUDA.
 
-    Example:
+    Examples:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
@@ -292,9 +293,19 @@ def _load_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loader: object,
 ) -> list[dict[str, float]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # As in checkpoint.load: damaged bytes fail with almost any exception type.
+    except Exception as error:
+        raise ValueError(
+            f"{str(path)!r} is not a readable training checkpoint ({type(error).__name__}); "
+            "delete it to train from the start, or pass resume=False."
+        ) from error
     if not isinstance(state, dict) or state.get("format") != _TRAINING_FORMAT:
-        raise ValueError(f"{str(path)!r} is not an mnist_fusion training checkpoint.")
+        raise ValueError(
+            f"{str(path)!r} is not an mnist_fusion training checkpoint; delete it to train "
+            "from the start, or pass resume=False."
+        )
 
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

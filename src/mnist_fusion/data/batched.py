@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mnist_fusion.data.pairing import TargetFn, _resolve_targets
-from mnist_fusion.data.side import _check_index
+from mnist_fusion.data.side import _check_index, _check_int
 
 __all__ = ["BatchLoader", "TensorFusionDataset", "MNIST_MEAN", "MNIST_STD"]
 
@@ -24,7 +24,8 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
 
     Images stay uint8 and are scaled to ``[0, 1]`` and normalised per batch with the
     same operations, in the same order, as torchvision's ``ToTensor`` followed by
-    ``Normalize(mean, std)``, so a sample equals the per-item path's bit for bit.
+    ``Normalize(mean, std)``, so a sample equals the per-item path's bit for bit while
+    torch's default dtype is float32 (``ToTensor`` follows the default dtype).
 
     Args:
         images: uint8 tensor ``[N, H, W]`` or ``[N, C, H, W]``.
@@ -36,10 +37,12 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
             name to ``callable(label, side)``; the callables must work on batches.
 
     Raises:
-        TypeError: If ``images`` is not uint8 or the labels or side are not integers.
-        ValueError: If the lengths differ.
+        TypeError: If an input is not a tensor, ``images`` is not uint8, or the labels or
+            side are not integers.
+        ValueError: If the lengths differ, ``images`` is not 3-D or 4-D, or the labels
+            or side are not 1-D.
 
-    Example:
+    Examples:
         >>> data = TensorFusionDataset(
         ...     torch.zeros(3, 28, 28, dtype=torch.uint8), torch.tensor([1, 2, 3]),
         ...     torch.tensor([4, 5, 6]))
@@ -58,11 +61,28 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
         std: float | Sequence[float] = MNIST_STD,
         targets: Sequence[str] | Mapping[str, TargetFn] | None = None,
     ) -> None:
+        for name, tensor in (("images", images), ("labels", labels), ("side", side)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(
+                    f"Expected `{name}` to be a torch.Tensor, but got {type(tensor).__name__}; "
+                    "convert it with torch.as_tensor."
+                )
         if images.dtype != torch.uint8:
             raise TypeError(f"Expected uint8 images, but got dtype {images.dtype}.")
+        if images.ndim not in (3, 4):
+            raise ValueError(
+                "Expected images of shape [N, H, W] or [N, C, H, W], but got shape "
+                f"{tuple(images.shape)}."
+            )
         for name, tensor in (("labels", labels), ("side", side)):
-            if tensor.is_floating_point() or tensor.dtype == torch.bool:
+            if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
                 raise TypeError(f"Expected integer {name}, but got dtype {tensor.dtype}.")
+            if tensor.ndim != 1:
+                # An [N, 1] column would broadcast against [N] targets downstream.
+                raise ValueError(
+                    f"Expected 1-D {name} of shape [N], but got shape {tuple(tensor.shape)}; "
+                    "flatten them with .reshape(-1)."
+                )
         if not len(images) == len(labels) == len(side):
             raise ValueError(
                 "Expected images, labels and side of one length, but got "
@@ -81,15 +101,50 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
         return len(self.images)
 
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Build the batch at ``indices`` with tensor operations only."""
+        """Build the batch at ``indices`` with tensor operations only.
+
+        Args:
+            indices: 1-D integer tensor; negative indices count from the end, and the
+                ``index`` field holds them counted from the start, as per-item reads do.
+
+        Raises:
+            TypeError: If ``indices`` is not an integer tensor (a boolean mask, say).
+            ValueError: If ``indices`` is not 1-D.
+            IndexError: If an index is outside ``[-len(self), len(self))``.
+        """
+        indices = self._check_indices(indices)
         images = self.images[indices].to(torch.float32).div(255).sub(self.mean).div(self.std)
         labels = self.labels[indices]
         side = self.side[indices]
 
-        batch = {"image": images, "side": side, "index": indices.to(torch.int64)}
+        batch = {"image": images, "side": side, "index": indices}
         for name, target_fn in self.targets.items():
             batch[name] = target_fn(labels, side)
         return batch
+
+    def _check_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(
+                f"Expected `indices` to be a tensor, but got {type(indices).__name__}; "
+                "wrap them with torch.tensor(indices), or call __getitems__."
+            )
+        if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+            raise TypeError(
+                f"Expected integer indices, but got dtype {indices.dtype}; a boolean mask "
+                "selects rows differently, so pass mask.nonzero().flatten()."
+            )
+        if indices.ndim != 1:
+            raise ValueError(f"Expected 1-D indices, but got shape {tuple(indices.shape)}.")
+
+        length = len(self)
+        outside = (indices < -length) | (indices >= length)
+        if outside.any():
+            raise IndexError(
+                f"Index {int(indices[outside][0])} is out of range for a dataset of length "
+                f"{length}; valid indices are {-length} to {length - 1}."
+            )
+        # The remainder maps negative indices to their positions and leaves the others.
+        return indices.to(torch.int64) % max(length, 1)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = _check_index(index, len(self))
@@ -98,7 +153,9 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """Return the samples at ``indices`` as a list, as the DataLoader fetcher expects."""
-        index_tensor = torch.tensor([_check_index(i, len(self)) for i in indices])
+        index_tensor = torch.tensor(
+            [_check_index(i, len(self)) for i in indices], dtype=torch.int64
+        )
         batch = self.batch(index_tensor)
         return [{name: value[row] for name, value in batch.items()} for row in range(len(indices))]
 
@@ -124,9 +181,10 @@ class BatchLoader:
         seed: Seed of the shuffling generator.
 
     Raises:
-        ValueError: If ``batch_size`` is not a positive integer.
+        ValueError: If ``batch_size`` is not a positive integer or ``seed`` is not an
+            integer.
 
-    Example:
+    Examples:
         >>> data = TensorFusionDataset(
         ...     torch.zeros(5, 28, 28, dtype=torch.uint8), torch.arange(5), torch.arange(5))
         >>> [len(b["index"]) for b in BatchLoader(data, batch_size=2)]
@@ -148,7 +206,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(_check_int("seed", seed))
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -173,4 +231,3 @@ class BatchLoader:
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore the state written by :meth:`state_dict`."""
         self.generator.set_state(state["generator"])
-

@@ -51,7 +51,7 @@ def parse_idx(data: bytes, *, name: str, ndim: int | None = None) -> torch.Tenso
             shorter or longer than the shape needs.
         ValueError: If ``ndim`` is not ``None`` or an int from 1 to 32.
 
-    Example:
+    Examples:
         >>> parse_idx(b"\\x00\\x00\\x08\\x01\\x00\\x00\\x00\\x02\\x07\\x03", name="labels")
         tensor([7, 3], dtype=torch.uint8)
     """
@@ -83,7 +83,7 @@ def read_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> torch.
             The message names ``path`` and the defect.
         ValueError: If ``ndim`` is not ``None`` or an int from 1 to 32.
 
-    Example:
+    Examples:
         >>> images = read_idx("data/MNIST/raw/t10k-images-idx3-ubyte", ndim=3)  # doctest: +SKIP
         >>> images.shape  # doctest: +SKIP
         torch.Size([10000, 28, 28])
@@ -106,7 +106,7 @@ def encode_idx(array: torch.Tensor | np.ndarray) -> bytes:
         TypeError: If ``array`` is not a tensor or array, or its dtype is not uint8.
         ValueError: If the number of dimensions or a dimension size does not fit the format.
 
-    Example:
+    Examples:
         >>> encode_idx(torch.tensor([7, 3], dtype=torch.uint8))
         b'\\x00\\x00\\x08\\x01\\x00\\x00\\x00\\x02\\x07\\x03'
     """
@@ -133,7 +133,7 @@ def write_idx(path: str | os.PathLike[str], array: torch.Tensor | np.ndarray) ->
         ValueError: If the number of dimensions or a dimension size does not fit the format.
         FileNotFoundError: If the folder of ``path`` does not exist.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "labels-idx1-ubyte"
         >>> write_idx(target, torch.tensor([7, 3], dtype=torch.uint8))

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torchvision import datasets, transforms
 
 from mnist_fusion.data.batched import MNIST_MEAN, MNIST_STD, TensorFusionDataset
+from mnist_fusion.data.idx import IDXFormatError, read_idx
 from mnist_fusion.data.pairing import FusionDataset
-from mnist_fusion.data.prepare import prepare_mnist, resolve_mnist_root
-from mnist_fusion.data.side import RandomDigits
+from mnist_fusion.data.prepare import MNIST_MD5, prepare_mnist, resolve_mnist_root
+from mnist_fusion.data.side import RandomDigits, _check_seed
 
 __all__ = ["MNISTSum", "side_seed", "default_transform"]
 
@@ -21,7 +23,16 @@ def side_seed(seed: int, *, train: bool) -> int:
     """Return the seed of a split's side inputs: even for training, odd for test.
 
     Train and test pairings therefore never share a stream, whatever seeds are chosen.
+
+    Raises:
+        ValueError: If ``seed`` is not an integer in ``[-2**62, 2**62 - 1]``, the range
+            whose split seeds stay within the 64-bit seeds of :class:`RandomDigits`.
+        TypeError: If ``train`` is not a bool.
     """
+    seed = _check_seed(seed, low=-(2**62), high=2**62 - 1)
+    if not isinstance(train, bool):
+        # A truthy string such as "test" would silently select the training split.
+        raise TypeError(f"Expected `train` to be True or False, but got {train!r}.")
     return 2 * seed + (0 if train else 1)
 
 
@@ -47,13 +58,21 @@ class MNISTSum(FusionDataset):
         download: Run :func:`~mnist_fusion.data.prepare_mnist` first.
 
     Raises:
-        FileNotFoundError: If the IDX files are missing and ``download`` is false.
+        FileNotFoundError: If one of the four IDX files is missing and ``download`` is
+            false.
+        IDXFormatError: If a file of the split is damaged, or its images and labels do not
+            match.
+        ValueError: If ``seed`` is not an integer (see :func:`side_seed`).
+        TypeError: If ``train`` is not a bool.
 
-    Example:
+    Examples:
         >>> test = MNISTSum("data", train=False, seed=0)  # doctest: +SKIP
         >>> len(test), sorted(test[0])  # doctest: +SKIP
         (10000, ['digit', 'image', 'index', 'side', 'sum'])
     """
+
+    images: datasets.MNIST
+    side: RandomDigits
 
     def __init__(
         self,
@@ -64,6 +83,8 @@ class MNISTSum(FusionDataset):
         transform: Callable[[Any], Any] | None = None,
         download: bool = False,
     ) -> None:
+        # Checked first, so a bad seed fails before any file is read.
+        stream_seed = side_seed(seed, train=train)
         root = resolve_mnist_root(root)
         if download:
             prepare_mnist(root)
@@ -73,7 +94,7 @@ class MNISTSum(FusionDataset):
         self.seed = seed
         self.custom_transform = transform is not None
         images = _open_mnist(self.root, train=train, transform=transform or default_transform())
-        super().__init__(images, RandomDigits(len(images), seed=side_seed(seed, train=train)))
+        super().__init__(images, RandomDigits(len(images), seed=stream_seed))
 
     def as_tensors(self) -> TensorFusionDataset:
         """Return the same samples as a :class:`TensorFusionDataset` for batched loading.
@@ -96,10 +117,45 @@ class MNISTSum(FusionDataset):
 
 def _open_mnist(root: Path, *, train: bool, transform: Callable[[Any], Any]) -> datasets.MNIST:
     raw = root / "MNIST" / "raw"
-    try:
-        return datasets.MNIST(str(root), train=train, transform=transform, download=False)
-    except RuntimeError as error:
+    # torchvision needs all four files, whichever split is opened.
+    missing = [name for name in MNIST_MD5 if not (raw / name).is_file()]
+    if missing:
         raise FileNotFoundError(
-            f"MNIST IDX files not found in {raw}. Run `mnist-fusion prepare-data --root "
-            f"{root}` or pass download=True."
-        ) from error
+            f"MNIST IDX files missing from {raw}: {', '.join(missing)}. Run "
+            f"`mnist-fusion prepare-data --root {root}` or pass download=True."
+        )
+
+    prefix = "train" if train else "t10k"
+    image_file = raw / f"{prefix}-images-idx3-ubyte"
+    label_file = raw / f"{prefix}-labels-idx1-ubyte"
+    try:
+        mnist = datasets.MNIST(str(root), train=train, transform=transform, download=False)
+    except (RuntimeError, AssertionError, ValueError, KeyError):
+        # torchvision reports a damaged file as a failed assert or reshape, so the checked
+        # reader runs to name the file and the defect.
+        read_idx(image_file, ndim=3)
+        read_idx(label_file, ndim=1)
+        raise
+
+    _check_split(mnist.data, mnist.targets, image_file=image_file, label_file=label_file)
+    return mnist
+
+
+def _check_split(
+    images: torch.Tensor, labels: torch.Tensor, *, image_file: Path, label_file: Path
+) -> None:
+    # torchvision accepts these defects and fails later, at some index or in training.
+    if len(images) != len(labels):
+        raise IDXFormatError(
+            f"{image_file} contains {len(images)} images but {label_file} contains {len(labels)} "
+            "labels; the two files of a split must have the same count."
+        )
+    if tuple(images.shape[1:]) != (28, 28):
+        raise IDXFormatError(
+            f"{image_file}: expected 28x28 images, but the header says "
+            f"{images.shape[1]}x{images.shape[2]}."
+        )
+    if len(labels) and int(labels.max()) > 9:
+        raise IDXFormatError(
+            f"{label_file}: expected digit labels 0-9, but found {int(labels.max())}."
+        )

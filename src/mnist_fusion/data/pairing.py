@@ -30,8 +30,20 @@ TARGETS: dict[str, TargetFn] = {"digit": _digit, "sum": _sum}
 def _resolve_targets(targets: Sequence[str] | Mapping[str, TargetFn] | None) -> dict[str, TargetFn]:
     if targets is None:
         return dict(TARGETS)
+    if isinstance(targets, str):
+        # A string is a sequence of one-letter names, which would fail with a puzzling message.
+        raise TypeError(
+            f"Expected `targets` to be a sequence of names, but got the string {targets!r}; "
+            f"pass [{targets!r}]."
+        )
     if isinstance(targets, Mapping):
         resolved = dict(targets)
+        not_callable = sorted(name for name, fn in resolved.items() if not callable(fn))
+        if not_callable:
+            raise TypeError(
+                f"Expected each target in the mapping to be a callable(label, side), but "
+                f"{not_callable} are not."
+            )
     else:
         unknown = [name for name in targets if name not in TARGETS]
         if unknown:
@@ -65,9 +77,10 @@ class FusionDataset(Dataset[dict[str, torch.Tensor]]):
         target_transform: Optional callable applied to the label before targets are built.
 
     Raises:
-        ValueError: If the lengths differ or a target name is unknown.
+        ValueError: If the lengths differ or a target name is unknown or reserved.
+        TypeError: If ``targets`` is a string or maps a name to a non-callable.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import TensorDataset
         >>> images = TensorDataset(torch.zeros(4, 1, 28, 28), torch.tensor([7, 1, 2, 3]))
         >>> fused = FusionDataset(images, torch.tensor([2, 0, 5, 9]))
@@ -140,9 +153,20 @@ def _unpack_item(item: object, index: int) -> tuple[Any, Any]:
 
 
 def _as_int64(value: object, name: str, index: int) -> torch.Tensor:
-    tensor = torch.as_tensor(value)
-    if tensor.is_floating_point() or tensor.ndim != 0:
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        tensor = None
+    is_integer_scalar = (
+        tensor is not None
+        and tensor.ndim == 0
+        and not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+    )
+    if tensor is None or not is_integer_scalar:
         raise ValueError(
             f"Expected the {name} at index {index} to be an integer scalar, but got {value!r}."
         )
-    return tensor.to(torch.int64)
+
+    # A copy: the base dataset may return a view of its own storage (TensorDataset does),
+    # and writing to a sample must not change the dataset.
+    return tensor.to(torch.int64, copy=True)

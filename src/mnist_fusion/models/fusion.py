@@ -76,7 +76,7 @@ class FusionModel(nn.Module):
     Args:
         config: Model configuration; the default is the small fast recipe.
 
-    Example:
+    Examples:
         >>> model = FusionModel(FusionModelConfig())
         >>> out = model(torch.zeros(2, 1, 28, 28), torch.tensor([3, 4]))
         >>> tuple(out.digit_logits.shape), tuple(out.sum.shape)
@@ -121,6 +121,12 @@ class FusionModel(nn.Module):
             raise ValueError(
                 f"Expected images of shape [N, {', '.join(map(str, expected))}], "
                 f"but got {list(image.shape)}."
+            )
+        if not image.is_floating_point():
+            raise ValueError(
+                f"Expected floating-point images, but got dtype {image.dtype}; scale uint8 "
+                "pixels to [0, 1] and normalise them first, as the datasets in "
+                "mnist_fusion.data do."
             )
         if side.shape != image.shape[:1]:
             raise ValueError(

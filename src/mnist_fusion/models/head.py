@@ -64,7 +64,7 @@ class FusionHead(nn.Module):
         num_classes: Number of digit classes of the encoder.
         num_features: Width of the encoder's features.
 
-    Example:
+    Examples:
         >>> head = FusionHead(FusionHeadConfig(), num_classes=10, num_features=32)
         >>> head(torch.zeros(4, 10), torch.zeros(4, 32), torch.tensor([0, 3, 9, 1])).shape
         torch.Size([4])
@@ -91,6 +91,8 @@ class FusionHead(nn.Module):
         else:
             fused = features  # (N, F)
 
-        side_code = F.one_hot(side, self.config.num_side_values).to(fused.dtype)  # (N, S)
+        # one_hot accepts only int64, but the model admits any integer side dtype.
+        side_code = F.one_hot(side.long(), self.config.num_side_values)  # (N, S)
+        side_code = side_code.to(fused.dtype)
         inputs = torch.cat([fused, side_code], dim=-1)  # (N, fused + S)
         return (self.linear(inputs) + self.mlp(inputs)).squeeze(-1)  # (N,)
