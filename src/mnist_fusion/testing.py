@@ -40,6 +40,17 @@ def image_datasets(
 ) -> TensorDataset:
     """Draw a ``TensorDataset`` of small random float images and integer labels.
 
+    Args:
+        draw: Supplied by hypothesis; callers pass only the keyword arguments.
+        min_size: Minimum number of items.
+        max_size: Maximum number of items.
+        channels: Image channels.
+        image_size: Height and width of each image.
+        num_classes: Labels are drawn from ``[0, num_classes)``.
+
+    Returns:
+        A strategy of ``TensorDataset(images [N, C, H, W], labels [N])``.
+
     Examples:
         >>> from hypothesis import given
         >>> @given(image_datasets(min_size=1, max_size=3))
@@ -58,6 +69,14 @@ def image_datasets(
 def side_inputs(length: int, *, low: int = 0, high: int = 9) -> st.SearchStrategy[torch.Tensor]:
     """Strategy for a 1-D int64 tensor of ``length`` side inputs in ``[low, high]``.
 
+    Args:
+        length: Number of side inputs.
+        low: Smallest value.
+        high: Largest value.
+
+    Returns:
+        A strategy of int64 tensors of shape ``[length]``.
+
     Examples:
         >>> from hypothesis import given
         >>> @given(side_inputs(3, high=1))
@@ -73,7 +92,25 @@ def side_inputs(length: int, *, low: int = 0, high: int = 9) -> st.SearchStrateg
 def fused_datasets(
     draw: st.DrawFn, *, min_size: int = 0, max_size: int = 16, low: int = 0, high: int = 9
 ) -> FusionDataset:
-    """Draw a :class:`FusionDataset` over :func:`image_datasets` and :func:`side_inputs`."""
+    """Draw a :class:`FusionDataset` over :func:`image_datasets` and :func:`side_inputs`.
+
+    Args:
+        draw: Supplied by hypothesis; callers pass only the keyword arguments.
+        min_size: Minimum number of items.
+        max_size: Maximum number of items.
+        low: Smallest side value.
+        high: Largest side value.
+
+    Returns:
+        A strategy of fused datasets with the default ``digit`` and ``sum`` targets.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(fused_datasets(min_size=1, max_size=4))
+        ... def test(fused):
+        ...     assert int(fused[0]["sum"]) == int(fused[0]["digit"] + fused[0]["side"])
+        >>> test()
+    """
     images = draw(image_datasets(min_size=min_size, max_size=max_size))
     side = draw(side_inputs(len(images), low=low, high=high))
     return FusionDataset(images, side)

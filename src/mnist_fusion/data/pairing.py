@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mnist_fusion.data.side import _check_index, as_side_dataset
+from mnist_fusion.data.side import RandomDigits, SideTensor, _check_index, as_side_dataset
 
 __all__ = ["FusionDataset", "TARGETS", "TargetFn"]
 
@@ -114,24 +114,37 @@ class FusionDataset(Dataset[dict[str, torch.Tensor]]):
         self.transform = transform
         self.target_transform = target_transform
 
+        # The library's own side inputs are int64 tensors fixed at construction; reading
+        # them from a Python list keeps the per-item cost to a list lookup.
+        known = isinstance(side, RandomDigits | SideTensor)
+        self._side_values: list[int] | None = side.values.tolist() if known else None
+
     def __len__(self) -> int:
         return len(self.images)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = _check_index(index, len(self))
         image, label = _unpack_item(self.images[index], index)
-        side = torch.as_tensor(self.side[index])
+        side = self._side_values[index] if self._side_values is not None else self.side[index]
 
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
             label = self.target_transform(label)
 
-        label = _as_int64(label, "label", index)
-        side = _as_int64(side, "side input", index)
-        sample = {"image": image, "side": side, "index": torch.tensor(index)}
+        label = _as_int(label, "label", index)
+        side = _as_int(side, "side input", index)
+        # Fresh tensors, so writing to a sample never changes the base dataset.
+        label_tensor = torch.tensor(label)
+        side_tensor = torch.tensor(side)
+        sample = {"image": image, "side": side_tensor, "index": torch.tensor(index)}
         for name, target_fn in self.targets.items():
-            sample[name] = target_fn(label, side)
+            if target_fn is _digit:
+                sample[name] = label_tensor
+            elif target_fn is _sum:
+                sample[name] = torch.tensor(label + side)
+            else:
+                sample[name] = target_fn(label_tensor, side_tensor)
         return sample
 
     def __repr__(self) -> str:
@@ -152,7 +165,11 @@ def _unpack_item(item: object, index: int) -> tuple[Any, Any]:
     return item[0], item[1]
 
 
-def _as_int64(value: object, name: str, index: int) -> torch.Tensor:
+def _as_int(value: object, name: str, index: int) -> int:
+    """Return ``value`` as a Python int, or raise if it is not an integer scalar."""
+    if type(value) is int:
+        return value
+
     try:
         tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
@@ -166,7 +183,9 @@ def _as_int64(value: object, name: str, index: int) -> torch.Tensor:
         raise ValueError(
             f"Expected the {name} at index {index} to be an integer scalar, but got {value!r}."
         )
+    return int(tensor)
 
-    # A copy: the base dataset may return a view of its own storage (TensorDataset does),
-    # and writing to a sample must not change the dataset.
-    return tensor.to(torch.int64, copy=True)
+
+def _as_int64(value: object, name: str, index: int) -> torch.Tensor:
+    """Return ``value`` as a new int64 0-d tensor, or raise if it is not an integer scalar."""
+    return torch.tensor(_as_int(value, name, index))
