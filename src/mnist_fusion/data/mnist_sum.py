@@ -24,10 +24,21 @@ def side_seed(seed: int, *, train: bool) -> int:
 
     Train and test pairings therefore never share a stream, whatever seeds are chosen.
 
+    Args:
+        seed: The experiment's seed.
+        train: Whether the seed is for the training split.
+
+    Returns:
+        ``2 * seed`` for training, ``2 * seed + 1`` for test.
+
     Raises:
         ValueError: If ``seed`` is not an integer in ``[-2**62, 2**62 - 1]``, the range
             whose split seeds stay within the 64-bit seeds of :class:`RandomDigits`.
         TypeError: If ``train`` is not a bool.
+
+    Examples:
+        >>> side_seed(3, train=True), side_seed(3, train=False)
+        (6, 7)
     """
     seed = _check_seed(seed, low=-(2**62), high=2**62 - 1)
     if not isinstance(train, bool):
@@ -37,7 +48,14 @@ def side_seed(seed: int, *, train: bool) -> int:
 
 
 def default_transform() -> Callable[[Any], Any]:
-    """Return ``ToTensor`` followed by normalisation with the MNIST training statistics."""
+    """Return ``ToTensor`` followed by normalisation with the MNIST training statistics.
+
+    Examples:
+        >>> from PIL import Image
+        >>> image = default_transform()(Image.new("L", (28, 28)))
+        >>> image.shape, round(image.min().item(), 4)
+        (torch.Size([1, 28, 28]), -0.4242)
+    """
     return transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
     )
@@ -50,7 +68,7 @@ class MNISTSum(FusionDataset):
     so a split's pairing is fixed by ``seed`` alone.
 
     Args:
-        root: Folder that holds ``MNIST/raw`` (``ROOT/MNIST`` and ``ROOT/MNIST/raw`` are
+        root: Folder that contains ``MNIST/raw`` (``ROOT/MNIST`` and ``ROOT/MNIST/raw`` are
             accepted too).
         train: Use the 60,000 training images, else the 10,000 test images.
         seed: Integer that fixes the side inputs.
