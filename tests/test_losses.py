@@ -1,14 +1,41 @@
 import math
 import re
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mnist_fusion.losses import FusionLoss, LossOutput
+from mnist_fusion.losses import SUM_LOSSES, FusionLoss, LossOutput
 from mnist_fusion.models import FusionOutput
+
+
+class TwoImageOutput(NamedTuple):
+    """A two-image output: FusionOutput's fields plus the second image's digit logits."""
+
+    digit_logits: torch.Tensor
+    sum: torch.Tensor | None = None
+    sum_logits: torch.Tensor | None = None
+    second_digit_logits: torch.Tensor | None = None
+
+
+class RecordingBatch(dict):
+    """A batch dict that records every key read from it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
 
 
 def make_case(n: int, seed: int = 0):
@@ -18,7 +45,14 @@ def make_case(n: int, seed: int = 0):
     side = torch.randint(0, 10, (n,), generator=generator)
     prediction = torch.rand(n, generator=generator) * 20 - 1
     output = FusionOutput(logits, sum=prediction)
-    return output, {"digit": digit, "sum": digit + side}
+    return output, {"digit": digit, "sum": digit + side, "side": side}
+
+
+def make_scores_case(n: int, seed: int = 0):
+    output, batch = make_case(n, seed)
+    generator = torch.Generator().manual_seed(seed + 1000)
+    scores = torch.randn(n, 19, generator=generator) * 2
+    return FusionOutput(output.digit_logits, sum_logits=scores), batch
 
 
 def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> float:
@@ -28,26 +62,138 @@ def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return sum(squares) / len(squares)
 
 
+def huber(prediction: torch.Tensor, target: torch.Tensor, delta: float) -> float:
+    """Mean Huber loss, written out piecewise in plain Python."""
+    values = []
+    for p, t in zip(prediction.double().tolist(), target.double().tolist(), strict=True):
+        error = abs(p - t)
+        values.append(0.5 * error**2 if error <= delta else delta * (error - 0.5 * delta))
+    return sum(values) / len(values)
+
+
+def nll_numpy(scores: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean NLL of softmax(scores) at the targets, in numpy float64."""
+    values = scores.double().numpy()
+    shifted = values - values.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(values)), target.numpy()].mean())
+
+
+def exact_sum_log_probs(digit_logits: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """What an exact head gives: the digit log-probabilities shifted by the side input."""
+    n, classes = digit_logits.shape
+    log_probs = torch.full((n, classes + 9), -math.inf)
+    columns = torch.arange(classes)[None, :] + side[:, None]
+    return log_probs.scatter(1, columns, F.log_softmax(digit_logits, dim=-1))
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 64])
 def test_loss_matches_independent_terms(n):
     output, batch = make_case(n, seed=n)
 
     loss = FusionLoss()(output, batch)
 
-    expected_digit = F.cross_entropy(output.digit_logits, batch["digit"])
+    expected_digit = nll_numpy(output.digit_logits, batch["digit"])
     expected_sum = mean_squared_error(output.sum, batch["sum"])
-    torch.testing.assert_close(loss.digit, expected_digit)
+    assert loss.digit.item() == pytest.approx(expected_digit, rel=1e-5)
     assert loss.sum.item() == pytest.approx(expected_sum, rel=1e-5)
-    assert loss.total.item() == pytest.approx(expected_digit.item() + expected_sum, rel=1e-5)
+    assert loss.total.item() == pytest.approx(expected_digit + expected_sum, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 5, 64])
+@pytest.mark.parametrize("delta", [0.5, 1.0, 3.0])
+def test_huber_matches_piecewise(n, delta):
+    output, batch = make_case(n, seed=n)
+
+    loss = FusionLoss(sum_loss="huber", huber_delta=delta)(output, batch)
+
+    assert loss.sum.item() == pytest.approx(huber(output.sum, batch["sum"], delta), rel=1e-5)
+
+
+def test_huber_case_has_both_pieces():
+    # Guards the Huber test: its errors must fall on both sides of each delta.
+    output, batch = make_case(64, seed=64)
+    errors = (output.sum - batch["sum"]).abs()
+
+    for delta in (0.5, 1.0, 3.0):
+        assert (errors < delta).any(), delta
+        assert (errors > delta).any(), delta
+
+
+@pytest.mark.parametrize("n", [1, 3, 64])
+def test_cross_entropy_matches_numpy(n):
+    output, batch = make_scores_case(n, seed=n)
+
+    loss = FusionLoss(sum_loss="cross_entropy")(output, batch)
+
+    assert loss.sum.item() == pytest.approx(nll_numpy(output.sum_logits, batch["sum"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 6, 64])
+def test_cross_entropy_of_exact_head_is_its_nll(n):
+    output, batch = make_case(n, seed=n)
+    log_probs = exact_sum_log_probs(output.digit_logits, batch["side"])
+    exact = FusionOutput(output.digit_logits, sum_logits=log_probs)
+    # The exact head's probability of the true sum is that of the true digit.
+    probs = np.exp(output.digit_logits.double().numpy())
+    probs /= probs.sum(axis=1, keepdims=True)
+    expected = float(-np.log(probs[np.arange(n), batch["digit"].numpy()]).mean())
+
+    loss = FusionLoss(sum_loss="cross_entropy")(exact, batch)
+
+    assert loss.sum.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_exact_head_gradient_finite():
+    output, batch = make_case(8)
+    logits = output.digit_logits.clone().requires_grad_(True)
+    exact = FusionOutput(logits, sum_logits=exact_sum_log_probs(logits, batch["side"]))
+
+    FusionLoss(sum_loss="cross_entropy")(exact, batch).total.backward()
+
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_auto_regression_is_mse():
+    output, batch = make_case(9)
+
+    auto = FusionLoss(sum_loss="auto")(output, batch)
+
+    assert auto.sum.item() == pytest.approx(mean_squared_error(output.sum, batch["sum"]), rel=1e-5)
+
+
+def test_auto_scores_is_cross_entropy():
+    output, batch = make_scores_case(9)
+
+    auto = FusionLoss(sum_loss="auto")(output, batch)
+
+    assert auto.sum.item() == pytest.approx(nll_numpy(output.sum_logits, batch["sum"]), rel=1e-5)
+
+
+def test_auto_prefers_scores_over_regression():
+    scores, batch = make_scores_case(9)
+    both = scores._replace(sum=torch.zeros(9))
+
+    auto = FusionLoss(sum_loss="auto")(both, batch)
+
+    assert auto.sum.item() == pytest.approx(nll_numpy(scores.sum_logits, batch["sum"]), rel=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("mse", "mse"), ("huber", "huber")])
+def test_resolved_sum_loss_fixed(kind, expected):
+    scores, _ = make_scores_case(2)
+
+    assert FusionLoss(sum_loss=kind).resolved_sum_loss(scores) == expected
 
 
 @pytest.mark.parametrize(("digit_weight", "sum_weight"), [(1.0, 0.05), (0.3, 2.5), (0.0, 1.0)])
 def test_loss_weights(digit_weight, sum_weight):
     output, batch = make_case(9)
+    plain = FusionLoss()(output, batch)
 
     loss = FusionLoss(digit_weight=digit_weight, sum_weight=sum_weight)(output, batch)
 
-    expected = digit_weight * loss.digit.item() + sum_weight * loss.sum.item()
+    expected = digit_weight * plain.digit.item() + sum_weight * plain.sum.item()
     assert loss.total.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -59,6 +205,103 @@ def test_loss_terms_unweighted():
 
     assert weighted.digit.item() == plain.digit.item()
     assert weighted.sum.item() == plain.sum.item()
+
+
+def test_sum_only_reads_no_digit():
+    output, batch = make_case(5)
+    batch = RecordingBatch(sum=batch["sum"])
+
+    loss = FusionLoss(digit_weight=0.0)(output, batch)
+
+    assert batch.read == {"sum"}
+    assert loss.digit.item() == 0.0
+    assert loss.total.item() == pytest.approx(mean_squared_error(output.sum, batch["sum"]))
+
+
+def test_missing_digit_names_sum_only_option():
+    output, batch = make_case(3)
+    del batch["digit"]
+
+    with pytest.raises(
+        ValueError, match="Missing `digit` target.*For sum-only supervision pass digit_weight=0"
+    ):
+        FusionLoss()(output, batch)
+
+
+def test_missing_sum_target():
+    output, batch = make_case(3)
+    del batch["sum"]
+
+    with pytest.raises(
+        ValueError, match=r"Missing `sum` target: the batch contains \['digit', 'side'\]"
+    ):
+        FusionLoss()(output, batch)
+
+
+@pytest.mark.parametrize("n", [1, 4, 33])
+def test_two_image_digit_term_averages_both(n):
+    output, batch = make_case(n, seed=n)
+    generator = torch.Generator().manual_seed(n + 7)
+    second_logits = torch.randn(n, 10, generator=generator) * 3
+    second_digit = torch.randint(0, 10, (n,), generator=generator)
+    two = TwoImageOutput(output.digit_logits, sum=output.sum, second_digit_logits=second_logits)
+    batch = {"digit": batch["digit"], "second_digit": second_digit, "sum": batch["sum"]}
+
+    loss = FusionLoss()(two, batch)
+
+    both = nll_numpy(
+        torch.cat([output.digit_logits, second_logits]), torch.cat([batch["digit"], second_digit])
+    )
+    assert loss.digit.item() == pytest.approx(both, rel=1e-5)
+
+
+def test_uncertainty_total_matches_formula():
+    output, batch = make_case(12)
+    plain = FusionLoss()(output, batch)
+    loss_fn = FusionLoss(digit_weight=0.7, sum_weight=0.5, uncertainty_weighting=True)
+    with torch.no_grad():
+        loss_fn.log_variances.copy_(torch.tensor([0.3, -0.7]))
+
+    loss = loss_fn(output, batch)
+
+    digit, total_sum = plain.digit.item(), plain.sum.item()
+    expected = 0.7 * (math.exp(-0.3) * digit + 0.3) + 0.5 * (math.exp(0.7) * total_sum - 0.7)
+    assert loss.total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_uncertainty_starts_at_plain_total():
+    output, batch = make_case(12)
+
+    learned = FusionLoss(uncertainty_weighting=True)(output, batch)
+    plain = FusionLoss()(output, batch)
+
+    assert learned.total.item() == pytest.approx(plain.total.item(), rel=1e-6)
+
+
+def test_uncertainty_optimum_at_log_loss():
+    # d/ds (exp(-s) * L + s) = 0 at s = log L, the learned log-variance's optimum.
+    output, batch = make_case(12)
+    plain = FusionLoss()(output, batch)
+    loss_fn = FusionLoss(uncertainty_weighting=True)
+    with torch.no_grad():
+        loss_fn.log_variances.copy_(torch.stack([plain.digit, plain.sum]).log())
+
+    loss_fn(output, batch).total.backward()
+
+    torch.testing.assert_close(loss_fn.log_variances.grad, torch.zeros(2), atol=1e-5, rtol=0)
+
+
+def test_uncertainty_parameters_on_module():
+    loss_fn = FusionLoss(uncertainty_weighting=True)
+
+    parameters = list(loss_fn.parameters())
+
+    assert len(parameters) == 1
+    assert parameters[0].shape == (2,)
+
+
+def test_plain_loss_has_no_parameters():
+    assert list(FusionLoss().parameters()) == []
 
 
 def test_loss_returns_named_tuple():
@@ -145,11 +388,73 @@ def test_row_target_rejected():
         FusionLoss()(output, batch)
 
 
-def test_float_digit_target_rejected():
+def test_one_hot_sum_target_rejected():
+    output, batch = make_scores_case(4)
+    batch["sum"] = F.one_hot(batch["sum"], 19)
+
+    with pytest.raises(
+        ValueError, match=re.escape("scores [N, C] and sum target [N], but got [4, 19] and [4, 19]")
+    ):
+        FusionLoss(sum_loss="cross_entropy")(output, batch)
+
+
+def test_flat_sum_scores_rejected():
     output, batch = make_case(4)
+    flat = FusionOutput(output.digit_logits, sum_logits=output.sum)
+
+    with pytest.raises(
+        ValueError, match=re.escape("scores [N, C] and sum target [N], but got [4] and [4]")
+    ):
+        FusionLoss(sum_loss="cross_entropy")(flat, batch)
+
+
+def test_whole_float_digit_target_cast():
+    output, batch = make_case(6)
+    as_int = FusionLoss()(output, batch)
     batch["digit"] = batch["digit"].float()
 
-    with pytest.raises(ValueError, match=r"integer digit target, but got dtype torch\.float32"):
+    as_float = FusionLoss()(output, batch)
+
+    assert as_float.digit.item() == as_int.digit.item()
+
+
+@pytest.mark.parametrize("bad", [2.5, math.nan, math.inf])
+def test_fractional_digit_target_rejected(bad):
+    output, batch = make_case(4)
+    batch["digit"] = torch.tensor([1.0, bad, 3.0, 4.0])
+
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid digit target value {re.escape(repr(bad))}: class indices must be whole",
+    ):
+        FusionLoss()(output, batch)
+
+
+def test_fractional_sum_target_rejected():
+    output, batch = make_scores_case(3)
+    batch["sum"] = torch.tensor([4.0, 7.25, 0.0])
+
+    with pytest.raises(
+        ValueError, match=r"Invalid sum target value 7\.25: class indices must be whole numbers"
+    ):
+        FusionLoss(sum_loss="cross_entropy")(output, batch)
+
+
+def test_whole_float_sum_target_cast():
+    output, batch = make_scores_case(5)
+    as_int = FusionLoss(sum_loss="cross_entropy")(output, batch)
+    batch["sum"] = batch["sum"].double()
+
+    as_float = FusionLoss(sum_loss="cross_entropy")(output, batch)
+
+    assert as_float.sum.item() == as_int.sum.item()
+
+
+def test_bool_digit_target_rejected():
+    output, batch = make_case(2)
+    batch["digit"] = torch.tensor([True, False])
+
+    with pytest.raises(ValueError, match=r"integer digit target, but got dtype torch\.bool"):
         FusionLoss()(output, batch)
 
 
@@ -174,8 +479,17 @@ def test_digit_target_out_of_range(bad):
     output, batch = make_case(3)
     batch["digit"] = torch.tensor([0, bad, 1])
 
-    with pytest.raises(ValueError, match=re.escape(f"Digit target {bad} is outside [0, 9]")):
+    with pytest.raises(ValueError, match=re.escape(f"digit target {bad} is outside [0, 9]")):
         FusionLoss()(output, batch)
+
+
+@pytest.mark.parametrize("bad", [19, -1])
+def test_sum_target_out_of_range(bad):
+    output, batch = make_scores_case(3)
+    batch["sum"] = torch.tensor([0, bad, 18])
+
+    with pytest.raises(ValueError, match=re.escape(f"sum target {bad} is outside [0, 18]")):
+        FusionLoss(sum_loss="cross_entropy")(output, batch)
 
 
 def test_missing_sum_prediction():
@@ -185,8 +499,19 @@ def test_missing_sum_prediction():
         FusionLoss()(FusionOutput(output.digit_logits), batch)
 
 
+def test_missing_sum_scores():
+    output, batch = make_case(3)
+
+    with pytest.raises(
+        ValueError, match=r"`sum_loss='cross_entropy'` needs sum scores, but `output\.sum_logits`"
+    ):
+        FusionLoss(sum_loss="cross_entropy")(output, batch)
+
+
 def test_invalid_sum_loss():
-    with pytest.raises(ValueError, match=re.escape("`sum_loss`='mae'; expected one of ['mse']")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"`sum_loss`='mae'; expected one of {list(SUM_LOSSES)}")
+    ):
         FusionLoss(sum_loss="mae")
 
 
@@ -196,8 +521,11 @@ def test_invalid_sum_loss():
         ({"digit_weight": -1.0}, "`digit_weight` >= 0, but got -1.0"),
         ({"sum_weight": -0.5}, "`sum_weight` >= 0, but got -0.5"),
         ({"sum_weight": math.nan}, "`sum_weight` >= 0, but got nan"),
+        ({"digit_weight": 0.0, "sum_weight": 0.0}, "Both `digit_weight` and `sum_weight` are 0"),
+        ({"huber_delta": 0.0}, "`huber_delta` > 0, but got 0.0"),
+        ({"huber_delta": -1.0}, "`huber_delta` > 0, but got -1.0"),
     ],
 )
-def test_invalid_weight(kwargs, message):
+def test_invalid_options(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         FusionLoss(**kwargs)

@@ -1,14 +1,26 @@
+import logging
 import math
 import re
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from mnist_fusion.data import BatchLoader, MNISTSum, TensorFusionDataset
 from mnist_fusion.losses import FusionLoss, LossOutput
 from mnist_fusion.metrics import FusionMetrics
-from mnist_fusion.models import ConvEncoderConfig, FusionModel, FusionModelConfig
+from mnist_fusion.models import (
+    ConvEncoder,
+    ConvEncoderConfig,
+    FusionHeadConfig,
+    FusionModel,
+    FusionModelConfig,
+    FusionOutput,
+)
 from mnist_fusion.training import TRAINING_STATE_NAME, evaluate, fit, resolve_device
 
 CONFIG = FusionModelConfig(encoder=ConvEncoderConfig(channels=(8, 16)))
@@ -146,6 +158,7 @@ def test_history_record_keys(train_data, test_data):
         f"test_{name}"
         for name in ("digit_accuracy", "sum_accuracy", "sum_r2", "sum_mae", "consistency")
     }
+    expected |= {f"test_digit_accuracy_{digit}" for digit in range(10)}
     assert [record["epoch"] for record in history] == [1.0, 2.0]
     assert set(history[0]) == expected
     assert history[1]["test_count"] == 30.0
@@ -548,3 +561,370 @@ def test_unknown_device(device):
 def test_device_object_passes_through():
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+class TwoImageOutput(NamedTuple):
+    """A two-image output: FusionOutput's fields plus the second image's digit logits."""
+
+    digit_logits: torch.Tensor
+    sum: torch.Tensor | None = None
+    sum_logits: torch.Tensor | None = None
+    second_digit_logits: torch.Tensor | None = None
+
+
+class ExactSumModel(nn.Module):
+    """A FusionModel whose sum scores are its digit log-probabilities shifted by the side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = new_model()
+        self.config = self.inner.config
+
+    def forward(self, image, side):
+        digit_logits = self.inner(image, side).digit_logits
+        log_probs = torch.full((len(side), 19), -math.inf, dtype=digit_logits.dtype)
+        columns = torch.arange(10)[None, :] + side[:, None]
+        log_probs = log_probs.scatter(1, columns, F.log_softmax(digit_logits, dim=-1))
+        return FusionOutput(digit_logits, sum_logits=log_probs)
+
+
+class TwoImageModel(nn.Module):
+    """Reads both images with one encoder; the sum is the sum of expected digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.config = CONFIG
+        self.encoder = ConvEncoder(CONFIG.encoder)
+
+    def forward(self, image, side=None, *, second_image):
+        first, _ = self.encoder(image)
+        second, _ = self.encoder(second_image)
+        digits = torch.arange(10, dtype=first.dtype)
+        total = first.softmax(-1) @ digits + second.softmax(-1) @ digits
+        return TwoImageOutput(first, sum=total, second_digit_logits=second)
+
+
+def two_image_batches(data: TensorFusionDataset, batch_size: int, *, with_digits=True):
+    """Pair image i with image i + 1 (cyclically), in batches, as dict batches."""
+    whole = data.batch(torch.arange(len(data)))
+    partner = torch.roll(torch.arange(len(data)), -1)
+    batches = []
+    for start in range(0, len(data), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(data)))
+        batch = {
+            "image": whole["image"][rows],
+            "second_image": whole["image"][partner[rows]],
+            "sum": whole["digit"][rows] + whole["digit"][partner[rows]],
+        }
+        if with_digits:
+            batch["digit"] = whole["digit"][rows]
+            batch["second_digit"] = whole["digit"][partner[rows]]
+        batches.append(batch)
+    return batches
+
+
+def r2_numpy(point: np.ndarray, target: np.ndarray) -> float:
+    ss_res = np.sum((point - target) ** 2)
+    return float(1 - ss_res / np.sum((target - target.mean()) ** 2))
+
+
+@pytest.mark.parametrize(
+    ("loader_kwargs", "message"),
+    [
+        ({"shuffle": True}, "The evaluation DataLoader shuffles;.*build it with shuffle=False"),
+        ({"drop_last": True}, "DataLoader drops its last incomplete batch.*drop_last=False"),
+    ],
+    ids=["shuffle", "drop_last"],
+)
+def test_evaluate_rejects_data_loader(test_data, loader_kwargs, message):
+    loader = DataLoader(subset(test_data, 20), batch_size=8, **loader_kwargs)
+
+    with pytest.raises(ValueError, match=message):
+        evaluate(new_model(), loader, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("loader_kwargs", "message"),
+    [
+        ({"shuffle": True}, "The evaluation BatchLoader shuffles;.*shuffle=False"),
+        ({"drop_last": True}, "BatchLoader drops its last incomplete batch.*drop_last=False"),
+    ],
+    ids=["shuffle", "drop_last"],
+)
+def test_evaluate_rejects_batch_loader(test_data, loader_kwargs, message):
+    loader = BatchLoader(subset(test_data, 20), batch_size=8, **loader_kwargs)
+
+    with pytest.raises(ValueError, match=message):
+        evaluate(new_model(), loader, device="cpu", progress=False)
+
+
+def test_fit_rejects_shuffled_eval_before_training(train_data, test_data):
+    model = new_model()
+    calls = []
+
+    with pytest.raises(ValueError, match="The evaluation BatchLoader shuffles"):
+        fit(
+            model,
+            BatchLoader(subset(train_data, 20), batch_size=10),
+            epochs=1,
+            optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
+            eval_loader=BatchLoader(subset(test_data, 20), batch_size=10, shuffle=True),
+            callbacks=[lambda epoch, record: calls.append(epoch)],
+            device="cpu",
+            progress=False,
+        )
+
+    assert calls == []
+
+
+def test_evaluate_data_loader_equals_batch_loader(test_data):
+    model = new_model()
+    data = subset(test_data, 53)
+
+    from_torch = evaluate(model, DataLoader(data, batch_size=10), device="cpu", progress=False)
+    from_batches = evaluate(model, BatchLoader(data, batch_size=10), device="cpu", progress=False)
+
+    assert from_torch == from_batches
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 300])
+def test_evaluate_matches_numpy(test_data, batch_size):
+    data = subset(test_data, 43) if batch_size == 1 else test_data
+    model = new_model().eval()
+    everything = data.batch(torch.arange(len(data)))
+    with torch.no_grad():
+        output = model(everything["image"], everything["side"])
+    point = output.sum.double().numpy()
+    target = everything["sum"].double().numpy()
+
+    values = evaluate(model, BatchLoader(data, batch_size=batch_size), device="cpu", progress=False)
+
+    assert values["sum_mae"] == pytest.approx(float(np.mean(np.abs(point - target))), rel=1e-5)
+    assert values["sum_r2"] == pytest.approx(r2_numpy(point, target), rel=1e-5)
+    assert values["count"] == len(data)
+
+
+def test_evaluate_moves_metrics_with_model(test_data):
+    metrics = FusionMetrics()
+    model = new_model()
+
+    evaluate(
+        model, BatchLoader(subset(test_data, 10), batch_size=10), metrics=metrics, device="cpu"
+    )
+
+    assert metrics.count.device == next(model.parameters()).device
+
+
+def test_fit_logs_each_epoch(train_data, caplog):
+    model = new_model()
+
+    with caplog.at_level(logging.INFO, logger="mnist_fusion.training"):
+        fit(
+            model,
+            BatchLoader(subset(train_data, 20), batch_size=10),
+            epochs=2,
+            optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
+            device="cpu",
+            progress=False,
+        )
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert [m.split(" loss=")[0] for m in messages if m.startswith("epoch")] == [
+        "epoch 1/2",
+        "epoch 2/2",
+    ]
+
+
+def test_fit_adds_loss_parameters(train_data):
+    model = new_model()
+    loss_fn = FusionLoss(sum_weight=0.05, uncertainty_weighting=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    fit(
+        model,
+        BatchLoader(subset(train_data, 40), batch_size=20),
+        epochs=1,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        device="cpu",
+        progress=False,
+    )
+
+    assert optimizer.param_groups[-1]["params"] == [loss_fn.log_variances]
+    assert (loss_fn.log_variances.detach() != 0).all()
+
+
+def test_fit_keeps_given_loss_parameters(train_data):
+    model = new_model()
+    loss_fn = FusionLoss(uncertainty_weighting=True)
+    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=1e-2)
+
+    fit(
+        model,
+        BatchLoader(subset(train_data, 20), batch_size=20),
+        epochs=1,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        device="cpu",
+        progress=False,
+    )
+
+    assert len(optimizer.param_groups) == 1
+
+
+def test_fit_loss_parameters_with_scheduler(train_data):
+    model = new_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape("has 1 trainable parameter(s) that the optimizer lacks, and a scheduler"),
+    ):
+        fit(
+            model,
+            BatchLoader(subset(train_data, 20), batch_size=10),
+            epochs=1,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=FusionLoss(uncertainty_weighting=True),
+            device="cpu",
+            progress=False,
+        )
+
+
+def uncertainty_run(data, checkpoint_dir, *, epochs, resume=False):
+    model = new_model(seed=3)
+    loss_fn = FusionLoss(sum_weight=0.05, uncertainty_weighting=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    fit(
+        model,
+        BatchLoader(data, batch_size=16, shuffle=True, seed=2),
+        epochs=epochs,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        device="cpu",
+        progress=False,
+    )
+    return model, loss_fn
+
+
+def test_resume_restores_loss_parameters(train_data, tmp_path, deterministic):
+    data = subset(train_data, 48)
+    straight, straight_loss = uncertainty_run(data, tmp_path / "a", epochs=2)
+
+    uncertainty_run(data, tmp_path / "b", epochs=1)
+    resumed, resumed_loss = uncertainty_run(data, tmp_path / "b", epochs=2, resume=True)
+
+    assert torch.equal(straight_loss.log_variances, resumed_loss.log_variances)
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_resume_with_other_loss_rejected(train_data, tmp_path):
+    data = subset(train_data, 20)
+    uncertainty_run(data, tmp_path, epochs=1)
+    model = new_model()
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "contains ['log_variances'], but `loss_fn` has []; build the loss as in the first run"
+        ),
+    ):
+        fit(
+            model,
+            BatchLoader(data, batch_size=10),
+            epochs=2,
+            optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+            checkpoint_dir=tmp_path,
+            resume=True,
+            device="cpu",
+            progress=False,
+        )
+
+
+def test_fit_exact_head_uses_cross_entropy(train_data, test_data):
+    model = ExactSumModel()
+    batch = test_data.batch(torch.arange(8))
+    output = model(batch["image"], batch["side"])
+    expected = F.nll_loss(output.sum_logits, batch["sum"]).item()
+
+    history = fit(
+        model,
+        BatchLoader(subset(train_data, 300), batch_size=50, shuffle=True, seed=0),
+        epochs=1,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        device="cpu",
+        progress=False,
+    )
+    values = evaluate(model, BatchLoader(test_data, batch_size=100), device="cpu", progress=False)
+
+    assert FusionLoss(sum_loss="auto")(output, batch).sum.item() == pytest.approx(expected)
+    assert history[0]["sum_loss"] > 0
+    assert values["consistency"] == 1.0
+
+
+def test_two_image_sum_only_training(train_data):
+    data = subset(train_data, 200)
+    model = TwoImageModel()
+    loss_fn = FusionLoss(digit_weight=0.0)
+
+    history = fit(
+        model,
+        two_image_batches(data, 25, with_digits=False),
+        epochs=2,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        loss_fn=loss_fn,
+        device="cpu",
+        progress=False,
+    )
+
+    assert [record["digit_loss"] for record in history] == [0.0, 0.0]
+    assert history[1]["sum_loss"] < history[0]["sum_loss"]
+
+
+def test_evaluate_two_image_matches_numpy(test_data):
+    data = subset(test_data, 61)
+    model = TwoImageModel().eval()
+    whole = two_image_batches(data, len(data))[0]
+    with torch.no_grad():
+        output = model(whole["image"], second_image=whole["second_image"])
+    first = output.digit_logits.argmax(-1).numpy()
+    second = output.second_digit_logits.argmax(-1).numpy()
+    sum_pred = output.sum.round().clamp(0, 18).long().numpy()
+    true = np.concatenate([whole["digit"].numpy(), whole["second_digit"].numpy()])
+
+    values = evaluate(model, two_image_batches(data, 10), device="cpu", progress=False)
+
+    assert values["consistency"] == pytest.approx(float(np.mean(sum_pred == first + second)))
+    assert values["digit_accuracy"] == pytest.approx(
+        float(np.mean(np.concatenate([first, second]) == true))
+    )
+    assert values["sum_accuracy"] == pytest.approx(float(np.mean(sum_pred == whole["sum"].numpy())))
+
+
+def test_exact_adder_learns_digits_from_sums(train_data, test_data):
+    torch.manual_seed(0)
+    config = FusionModelConfig(
+        encoder=ConvEncoderConfig(channels=(8, 16)), head=FusionHeadConfig(sum_head="exact")
+    )
+    model = FusionModel(config)
+
+    history = fit(
+        model,
+        two_image_batches(subset(train_data, 600), 50, with_digits=False),
+        epochs=2,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        loss_fn=FusionLoss(digit_weight=0.0, sum_loss="auto"),
+        device="cpu",
+        progress=False,
+    )
+    values = evaluate(model, two_image_batches(test_data, 100), device="cpu", progress=False)
+
+    assert history[1]["sum_loss"] < history[0]["sum_loss"]
+    # Chance is 0.1; the digits are learned from the sums alone.
+    assert values["digit_accuracy"] > 0.3

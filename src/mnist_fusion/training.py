@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from mnist_fusion._io import atomic_write_bytes
@@ -39,6 +40,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """Turn ``"auto"``, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``) into a torch device.
 
     ``"auto"`` picks CUDA when it is available, else the CPU.
+
+    Args:
+        device: A device name, or a torch device, which is returned unchanged.
+
+    Returns:
+        The torch device.
 
     Raises:
         ValueError: For another string, or ``"cuda"`` on a machine without CUDA.
@@ -79,23 +86,32 @@ def fit(
 
     Each record holds ``epoch``, ``loss``, ``digit_loss`` and ``sum_loss`` (averages
     weighted by batch size), ``train_seconds`` (time in training steps only) and, when
-    ``eval_loader`` is given, ``test_``-prefixed :class:`FusionMetrics` values.
+    ``eval_loader`` is given, ``test_``-prefixed :class:`FusionMetrics` values. Each
+    epoch's record is logged at INFO level to the ``mnist_fusion.training`` logger.
+
+    A loss with parameters of its own (``FusionLoss(uncertainty_weighting=True)``)
+    trains them too: ``fit`` moves ``loss_fn`` to ``device`` and adds the parameters
+    that ``optimizer`` lacks as a new parameter group. A scheduler is built for the
+    parameter groups it saw, so with a scheduler the optimizer must already contain them.
 
     Args:
         model: The model; it is moved to ``device``.
-        train_loader: Iterable of dict batches with ``image``, ``side``, ``digit``, ``sum``.
+        train_loader: Iterable of dict batches with ``image``, ``side``, ``digit``,
+            ``sum`` (a two-image batch has ``second_image`` instead of ``side``).
         epochs: Total number of epochs, counting any already done before a resume.
-        optimizer: Optimizer over ``model``'s parameters.
-        loss_fn: Loss module; defaults to ``FusionLoss()``.
+        optimizer: Optimizer over ``model``'s parameters (and ``loss_fn``'s, if any).
+        loss_fn: Loss module; defaults to ``FusionLoss(sum_loss="auto")``.
         scheduler: Optional learning-rate scheduler.
         scheduler_interval: ``"step"`` to step the scheduler after each batch, ``"epoch"``
             after each epoch.
-        eval_loader: Optional loader evaluated after each epoch.
+        eval_loader: Optional loader evaluated after each epoch; it must neither
+            shuffle nor drop the last batch.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        grad_clip: Clip the gradient norm to this value when given.
+        grad_clip: Clip the norm of all trained gradients (model and loss) to this value
+            when given.
         callbacks: Functions called after each epoch with ``(epoch, record)``.
         checkpoint_dir: Folder for a training checkpoint written atomically after each
-            epoch (model, optimizer, scheduler, RNG and loader state, history).
+            epoch (model, loss, optimizer, scheduler, RNG and loader state, history).
         resume: Continue from the checkpoint in ``checkpoint_dir`` when there is one.
         progress: Show a progress bar; defaults to whether stderr is a terminal.
 
@@ -103,20 +119,37 @@ def fit(
         The history: a list of per-epoch records, including those before a resume.
 
     Raises:
-        ValueError: For invalid arguments, or ``resume`` without ``checkpoint_dir``.
+        ValueError: For invalid arguments, ``resume`` without ``checkpoint_dir``, an
+            ``eval_loader`` that shuffles or drops its last batch, or loss parameters
+            missing from an optimizer that has a scheduler.
         FloatingPointError: If the loss becomes NaN or infinite; the last good
             checkpoint stays in place.
+
+    Examples:
+        >>> from mnist_fusion.data import BatchLoader, TensorFusionDataset
+        >>> images = torch.zeros(8, 28, 28, dtype=torch.uint8)
+        >>> data = TensorFusionDataset(images, torch.arange(8) % 10, torch.arange(8) % 10)
+        >>> model = FusionModel()
+        >>> history = fit(model, BatchLoader(data, batch_size=4), epochs=2, device="cpu",
+        ...               optimizer=torch.optim.SGD(model.parameters(), lr=0.01))
+        >>> [record["epoch"] for record in history]
+        [1.0, 2.0]
     """
     _check_fit_arguments(epochs, scheduler_interval, resume, checkpoint_dir)
+    if eval_loader is not None:
+        _check_eval_loader(eval_loader)
     device = resolve_device(device)
     model.to(device)
-    loss_fn = loss_fn or FusionLoss()
+    loss_fn = (loss_fn if loss_fn is not None else FusionLoss(sum_loss="auto")).to(device)
+    _include_loss_parameters(optimizer, loss_fn, scheduler)
     show = sys.stderr.isatty() if progress is None else progress
     state_path = Path(checkpoint_dir) / TRAINING_STATE_NAME if checkpoint_dir else None
 
     history: list[dict[str, float]] = []
     if resume and state_path is not None and state_path.is_file():
-        history = _load_training_state(state_path, model, optimizer, scheduler, train_loader)
+        history = _load_training_state(
+            state_path, model, loss_fn, optimizer, scheduler, train_loader
+        )
         logger.info("Resumed from %s after epoch %d", state_path, len(history))
 
     for epoch in range(len(history) + 1, epochs + 1):
@@ -133,7 +166,9 @@ def fit(
         history.append(record)
         logger.info("epoch %d/%d %s", epoch, epochs, _format_record(record))
         if state_path is not None:
-            _save_training_state(state_path, model, optimizer, scheduler, train_loader, history)
+            _save_training_state(
+                state_path, model, loss_fn, optimizer, scheduler, train_loader, history
+            )
         for callback in callbacks:
             callback(epoch, record)
     return history
@@ -151,22 +186,41 @@ def evaluate(
     """Compute :class:`FusionMetrics` of ``model`` over every batch of ``loader``.
 
     The metrics are reset first and the model runs in eval mode (restored afterwards),
-    so two calls on an unchanged model return identical values. Pass a loader that
-    neither shuffles nor drops the last batch to count every sample once.
+    so two calls on an unchanged model return identical values. The loader must
+    neither shuffle nor drop its last batch, so that every sample counts once, in a
+    fixed order. A torch ``DataLoader`` with a ``RandomSampler`` or ``drop_last=True``
+    raises, and so does any loader whose ``shuffle`` or ``drop_last`` attribute is True,
+    such as a shuffling :class:`~mnist_fusion.data.BatchLoader`.
 
     Args:
         model: The model to evaluate; it is moved to ``device``.
         loader: Iterable of dict batches.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        metrics: Metric to use; defaults to ``FusionMetrics(max_sum=model.config.max_sum)``.
+        metrics: Metric to use; moved to ``device`` with the model. Defaults to
+            ``FusionMetrics`` with the model's ``max_sum`` and number of classes.
         progress: Show a progress bar; defaults to whether stderr is a terminal.
 
     Returns:
         A flat dict of floats, plus ``count``: the number of samples seen.
+
+    Raises:
+        ValueError: If ``loader`` shuffles or drops its last batch.
+
+    Examples:
+        >>> from mnist_fusion.data import BatchLoader, TensorFusionDataset
+        >>> images = torch.zeros(5, 28, 28, dtype=torch.uint8)
+        >>> data = TensorFusionDataset(images, torch.arange(5), torch.arange(5))
+        >>> values = evaluate(FusionModel(), BatchLoader(data, batch_size=2), device="cpu")
+        >>> values["count"]
+        5.0
     """
+    _check_eval_loader(loader)
     device = resolve_device(device)
     model.to(device)
-    metrics = metrics or FusionMetrics(max_sum=model.config.max_sum)
+    if metrics is None:
+        metrics = FusionMetrics(
+            max_sum=model.config.max_sum, num_classes=model.config.encoder.num_classes
+        )
     metrics = metrics.to(device)
     metrics.reset()
     show = sys.stderr.isatty() if progress is None else progress
@@ -176,13 +230,20 @@ def evaluate(
     try:
         for batch in tqdm(loader, desc="evaluate", leave=False, disable=not show):
             batch = _to_device(batch, device)
-            metrics.update(model(batch["image"], batch["side"]), batch)
+            metrics.update(_forward_batch(model, batch), batch)
     finally:
         model.train(was_training)
 
     values = {name: float(value) for name, value in metrics.compute().items()}
     values["count"] = float(metrics.count)
     return values
+
+
+def _forward_batch(model: nn.Module, batch: Batch) -> Any:
+    """Run ``model`` on a batch: ``(image, side)``, or ``(image, second_image=...)``."""
+    if "side" not in batch and "second_image" in batch:
+        return model(batch["image"], second_image=batch["second_image"])
+    return model(batch["image"], batch["side"])
 
 
 def _train_one_epoch(
@@ -206,7 +267,7 @@ def _train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not show)
     for step, batch in enumerate(bar, start=1):
         batch = _to_device(batch, device)
-        loss = loss_fn(model(batch["image"], batch["side"]), batch)
+        loss = loss_fn(_forward_batch(model, batch), batch)
         if not torch.isfinite(loss.total):
             raise FloatingPointError(
                 f"Loss is {loss.total.item()} at epoch {epoch}, batch {step}; training "
@@ -217,12 +278,14 @@ def _train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            trained = [*model.parameters(), *loss_fn.parameters()]
+            nn.utils.clip_grad_norm_(trained, grad_clip)
         optimizer.step()
         if scheduler is not None and scheduler_interval == "step":
             scheduler.step()
 
-        size = len(batch["digit"])
+        # "sum" is the one target every batch has, sum-only ones included.
+        size = len(batch["sum"])
         totals += torch.stack([loss.total, loss.digit, loss.sum]).detach().double().cpu() * size
         count += size
 
@@ -253,10 +316,55 @@ def _check_fit_arguments(
         raise ValueError("`resume=True` needs `checkpoint_dir`, the folder of the checkpoint.")
 
 
+def _check_eval_loader(loader: object) -> None:
+    name = type(loader).__name__
+    if isinstance(loader, DataLoader):
+        batch_sampler = loader.batch_sampler
+        samplers = (loader.sampler, getattr(batch_sampler, "sampler", None))
+        shuffles = any(isinstance(sampler, RandomSampler) for sampler in samplers)
+        drops = loader.drop_last or getattr(batch_sampler, "drop_last", False) is True
+    else:
+        shuffles = getattr(loader, "shuffle", False) is True
+        drops = getattr(loader, "drop_last", False) is True
+    if shuffles:
+        raise ValueError(
+            f"The evaluation {name} shuffles; evaluation must visit the samples in a fixed "
+            "order, so build it with shuffle=False."
+        )
+    if drops:
+        raise ValueError(
+            f"The evaluation {name} drops its last incomplete batch, so those samples "
+            "would not count; build it with drop_last=False."
+        )
+
+
+def _include_loss_parameters(
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> None:
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [p for p in loss_fn.parameters() if p.requires_grad and id(p) not in in_optimizer]
+    if not missing:
+        return
+    if scheduler is not None:
+        # A scheduler records the parameter groups when it is built, and OneCycleLR
+        # fails on a group added later.
+        raise ValueError(
+            f"`loss_fn` has {len(missing)} trainable parameter(s) that the optimizer lacks, "
+            "and a scheduler is given; build the optimizer over "
+            "[*model.parameters(), *loss_fn.parameters()] before the scheduler."
+        )
+    optimizer.add_param_group({"params": missing})
+    logger.info("Added %d loss parameter(s) to the optimizer", len(missing))
+
+
 def _format_record(record: Mapping[str, float]) -> str:
     parts = []
     for name, value in record.items():
-        if name != "epoch" and math.isfinite(value):
+        # The history keeps the per-class accuracies, which would crowd the log line.
+        per_class = name.rpartition("_")[2].isdigit()
+        if name != "epoch" and not per_class and math.isfinite(value):
             parts.append(f"{name}={value:.4f}")
     return " ".join(parts)
 
@@ -264,6 +372,7 @@ def _format_record(record: Mapping[str, float]) -> str:
 def _save_training_state(
     path: Path,
     model: nn.Module,
+    loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loader: object,
@@ -273,6 +382,7 @@ def _save_training_state(
         "format": _TRAINING_FORMAT,
         "epoch": len(history),
         "model": model.state_dict(),
+        "loss": loss_fn.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
@@ -289,6 +399,7 @@ def _save_training_state(
 def _load_training_state(
     path: Path,
     model: nn.Module,
+    loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loader: object,
@@ -308,6 +419,7 @@ def _load_training_state(
         )
 
     model.load_state_dict(state["model"])
+    _load_loss_state(path, loss_fn, state.get("loss"))
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
@@ -317,3 +429,17 @@ def _load_training_state(
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return list(state["history"])
+
+
+def _load_loss_state(path: Path, loss_fn: nn.Module, saved: Mapping[str, Any] | None) -> None:
+    # Files written before losses could hold parameters have no "loss" entry.
+    saved = saved or {}
+    expected = sorted(loss_fn.state_dict())
+    if sorted(saved) != expected:
+        raise ValueError(
+            f"The loss state in {str(path)!r} contains {sorted(saved)}, but `loss_fn` has "
+            f"{expected}; build the loss as in the first run, for example with the same "
+            "uncertainty_weighting."
+        )
+    if expected:
+        loss_fn.load_state_dict(saved)
