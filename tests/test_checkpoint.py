@@ -12,6 +12,7 @@ from mnist_fusion import checkpoint
 from mnist_fusion.checkpoint import CheckpointError, load, load_metadata, save
 from mnist_fusion.models import ConvEncoderConfig, FusionHeadConfig, FusionModel, FusionModelConfig
 
+SMALL_ENCODER = ConvEncoderConfig(channels=(4, 8))
 CONFIG = FusionModelConfig(
     encoder=ConvEncoderConfig(channels=(4, 8), dropout=0.1),
     head=FusionHeadConfig(fuse="logits", hidden=16),
@@ -375,3 +376,128 @@ def test_file_holds_plain_types_only(tmp_path):
     assert payload["format_version"] == checkpoint.FORMAT_VERSION
     assert payload["config"] == CONFIG.to_dict()
     assert all(tensor.device.type == "cpu" for tensor in payload["state_dict"].values())
+
+
+ROUND_TRIP_CONFIGS = {
+    "regression": FusionModelConfig(encoder=SMALL_ENCODER),
+    "classification": FusionModelConfig(
+        encoder=SMALL_ENCODER, head=FusionHeadConfig(sum_head="classification")
+    ),
+    "exact": FusionModelConfig(encoder=SMALL_ENCODER, head=FusionHeadConfig(sum_head="exact")),
+    "features-film": FusionModelConfig(
+        encoder=SMALL_ENCODER, head=FusionHeadConfig(fuse="features", combine="film")
+    ),
+    "logits-embedding": FusionModelConfig(
+        encoder=SMALL_ENCODER,
+        head=FusionHeadConfig(fuse="logits", side_encoding="embedding", side_dim=4),
+    ),
+    "group-avg-3x32": FusionModelConfig(
+        encoder=ConvEncoderConfig(
+            in_channels=3,
+            image_size=32,
+            channels=(4, 8),
+            norm="group",
+            num_groups=2,
+            stage_pool=("avg", "max"),
+            convs_per_stage=(1, 2),
+        )
+    ),  # fmt: skip
+    "wide": FusionModelConfig(encoder=ConvEncoderConfig.wide()),
+    "reference": FusionModelConfig(encoder=ConvEncoderConfig.reference()),
+}
+
+
+def perturbed(config: FusionModelConfig) -> FusionModel:
+    """A model of ``config`` whose weights and norm statistics differ from a fresh one's."""
+    torch.manual_seed(0)
+    model = FusionModel(config).train()
+    encoder = config.encoder
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.01)
+        images = torch.randn(4, encoder.in_channels, encoder.image_size, encoder.image_size)
+        model(images, torch.randint(0, 10, (4,)))
+    return model.eval()
+
+
+def assert_same_outputs(before, after) -> None:
+    for name, value in before._asdict().items():
+        if value is None:
+            assert getattr(after, name) is None, name
+        else:
+            assert torch.equal(getattr(after, name), value), name
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIP_CONFIGS))
+def test_round_trip_every_configuration(tmp_path, name):
+    config = ROUND_TRIP_CONFIGS[name]
+    model = perturbed(config)
+    encoder = config.encoder
+    images = torch.randn(3, encoder.in_channels, encoder.image_size, encoder.image_size)
+    side = torch.tensor([0, 5, 9])
+
+    loaded = load(save(model, tmp_path / "model.pt"))
+
+    assert loaded.config == config
+    with torch.no_grad():
+        assert_same_outputs(model(images, side), loaded(images, side))
+
+
+def test_round_trip_two_image_outputs(tmp_path):
+    model = perturbed(ROUND_TRIP_CONFIGS["exact"])
+    first, second = torch.randn(2, 3, 1, 28, 28)
+
+    loaded = load(save(model, tmp_path / "model.pt"))
+
+    with torch.no_grad():
+        assert_same_outputs(model(first, second_image=second), loaded(first, second_image=second))
+
+
+def test_file_of_earlier_version_loads(tmp_path):
+    # The payload that mnist_fusion 0.1.0 wrote: its config dict lacks the newer fields.
+    model = trained_model()
+    payload = {
+        "format": "mnist_fusion.model",
+        "format_version": 1,
+        "config": {
+            "encoder": {
+                "in_channels": 1, "image_size": 28, "channels": (4, 8), "convs_per_stage": 1,
+                "kernel_size": 3, "norm": "batch", "activation": "relu", "dropout": 0.1,
+                "pool": "flatten", "num_classes": 10,
+            },
+            "head": {
+                "num_side_values": 10, "fuse": "logits", "temperature": 0.1, "hidden": 16,
+                "sum_head": "regression",
+            },
+        },
+        "state_dict": model.state_dict(),
+        "metadata": {"seed": 0},
+    }  # fmt: skip
+    path = write_payload(tmp_path / "old.pt", payload)
+
+    loaded = load(path)
+
+    assert loaded.config == CONFIG
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs()).sum, model.eval()(*inputs()).sum)
+
+
+def test_film_weights_missing(tmp_path):
+    model = perturbed(ROUND_TRIP_CONFIGS["features-film"])
+    payload = raw_payload(save(model, tmp_path / "model.pt"))
+    del payload["state_dict"]["head.film.weight"]
+    path = write_payload(tmp_path / "edited.pt", payload)
+
+    with pytest.raises(CheckpointError, match=r"missing keys \['head\.film\.weight'\]"):
+        load(path)
+
+
+def test_exact_file_with_head_weights(tmp_path):
+    # Weights of a learned head do not fit an exact head, which has none.
+    payload = raw_payload(save(trained_model(), tmp_path / "model.pt"))
+    payload["config"]["head"]["sum_head"] = "exact"
+    payload["config"]["head"]["fuse"] = "probs"
+    path = write_payload(tmp_path / "edited.pt", payload)
+
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['head\.linear\.bias', "):
+        load(path)

@@ -75,6 +75,10 @@ def save(
 def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> FusionModel:
     """Rebuild the model saved at ``path``, in eval mode.
 
+    The stored configuration rebuilds any encoder, fusion and sum head. A file written by
+    an earlier version, whose configuration lacks the newer fields, loads with their
+    defaults, which reproduce the earlier layers.
+
     Args:
         path: A file written by :func:`save`.
         map_location: Device for the weights.
@@ -86,6 +90,14 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
         FileNotFoundError: If ``path`` does not exist.
         CheckpointError: If the file is not a checkpoint, is truncated, or its weights
             do not fit its configuration.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from mnist_fusion.models import FusionHeadConfig
+        >>> config = FusionModelConfig(head=FusionHeadConfig(sum_head="exact"))
+        >>> path = save(FusionModel(config), pathlib.Path(tempfile.mkdtemp()) / "model.pt")
+        >>> load(path).config == config
+        True
     """
     payload = _read(path, map_location)
     config = _config_from(payload, path)
@@ -113,9 +125,21 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
 def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Return the metadata stored by :func:`save`.
 
+    Args:
+        path: A file written by :func:`save`.
+
+    Returns:
+        The metadata dict, empty when none was saved.
+
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         CheckpointError: If the file is not a checkpoint.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = save(FusionModel(), pathlib.Path(tempfile.mkdtemp()) / "model.pt")
+        >>> load_metadata(path)
+        {}
     """
     return dict(_read(path, "cpu").get("metadata", {}))
 

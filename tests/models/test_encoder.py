@@ -1,18 +1,31 @@
+import json
 import re
+from dataclasses import asdict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mnist_fusion.models import ConvEncoder, ConvEncoderConfig
+from mnist_fusion.models import ENCODER_PRESETS, ConvEncoder, ConvEncoderConfig
 
 
-def pooled_side(image_size: int, stages: int) -> int:
-    """Side of the last feature map: each 2x2 max-pool floors the side to half."""
-    side = image_size
-    for _ in range(stages):
-        side //= 2
+def pooled_side(config: ConvEncoderConfig) -> int:
+    """Side of the last feature map: each 2x2 pooling step floors the side to half."""
+    pools = config.stage_pool
+    if isinstance(pools, str):
+        pools = (pools,) * len(config.channels)
+    side = config.image_size
+    for pooling in pools:
+        if pooling != "none":
+            side //= 2
     return side
+
+
+def config_id(config: ConvEncoderConfig) -> str:
+    return (
+        f"{config.in_channels}x{config.image_size}-{config.norm}-{config.pool}-{config.digit_head}"
+    )
 
 
 CONFIGS = [
@@ -22,27 +35,29 @@ CONFIGS = [
     ConvEncoderConfig(image_size=30, channels=(4, 8), convs_per_stage=2, kernel_size=5),
     ConvEncoderConfig(channels=(8,), norm="none", activation="gelu", dropout=0.5),
     ConvEncoderConfig(image_size=8, channels=(4, 4, 4), activation="silu", num_classes=3),
+    ConvEncoderConfig(in_channels=3, image_size=32, norm="group", num_groups=4, stage_pool="avg"),
+    ConvEncoderConfig(
+        channels=(8, 8, 16), convs_per_stage=(1, 2, 3), stage_pool=("max", "none", "avg")
+    ),
+    ConvEncoderConfig(in_channels=3, image_size=32, channels=(8, 16), digit_head="conv"),
+    ConvEncoderConfig(image_size=20, channels=(4, 8), stage_pool="none", digit_head="conv"),
 ]
 
 
-@pytest.mark.parametrize(
-    "config", CONFIGS, ids=lambda c: f"{c.in_channels}x{c.image_size}-{c.pool}"
-)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_encoder_output_shapes(config):
     encoder = ConvEncoder(config)
     images = torch.randn(5, config.in_channels, config.image_size, config.image_size)
 
     logits, features = encoder(images)
 
-    side = pooled_side(config.image_size, len(config.channels))
+    side = pooled_side(config)
     spatial = 1 if config.pool == "avg" else side * side
     assert logits.shape == (5, config.num_classes)
     assert features.shape == (5, config.channels[-1] * spatial)
 
 
-@pytest.mark.parametrize(
-    "config", CONFIGS, ids=lambda c: f"{c.in_channels}x{c.image_size}-{c.pool}"
-)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_num_features_matches_forward_features(config):
     encoder = ConvEncoder(config)
     images = torch.randn(2, config.in_channels, config.image_size, config.image_size)
@@ -102,14 +117,18 @@ def test_channels_list_becomes_tuple():
 @pytest.mark.parametrize(
     ("option", "value", "choices"),
     [
-        ("norm", "bacth", "['batch', 'none']"),
+        ("norm", "bacth", "['batch', 'group', 'none']"),
         ("activation", "tanh", "['relu', 'gelu', 'silu']"),
         ("pool", "max", "['flatten', 'avg']"),
+        ("stage_pool", "min", "['max', 'avg', 'none']"),
+        ("stage_pool", ("max", "mean", "max"), "['max', 'avg', 'none']"),
+        ("digit_head", "mlp", "['linear', 'conv']"),
     ],
 )
 def test_invalid_option_lists_choices(option, value, choices):
+    bad = value if isinstance(value, str) else value[1]
     with pytest.raises(
-        ValueError, match=re.escape(f"`{option}`='{value}'; expected one of {choices}")
+        ValueError, match=re.escape(f"`{option}`='{bad}'; expected one of {choices}")
     ):
         ConvEncoderConfig(**{option: value})
 
@@ -139,7 +158,7 @@ def test_invalid_channels_rejected(channels):
         ConvEncoderConfig(channels=channels)
 
 
-@pytest.mark.parametrize("name", ["in_channels", "convs_per_stage", "num_classes"])
+@pytest.mark.parametrize("name", ["in_channels", "convs_per_stage", "num_classes", "num_groups"])
 def test_zero_count_rejected(name):
     with pytest.raises(ValueError, match=rf"`{name}` >= 1, but got 0\b"):
         ConvEncoderConfig(**{name: 0})
@@ -149,3 +168,213 @@ def test_zero_count_rejected(name):
 def test_dropout_out_of_range(dropout):
     with pytest.raises(ValueError, match=re.escape(f"`dropout` in [0, 1), but got {dropout!r}")):
         ConvEncoderConfig(dropout=dropout)
+
+
+def conv_params(widths: list[int], kernel: int, bias: bool) -> int:
+    """Weights (and biases) of a chain of convolutions through ``widths``."""
+    pairs = zip(widths[:-1], widths[1:], strict=True)
+    return sum(c_in * c_out * kernel * kernel + (c_out if bias else 0) for c_in, c_out in pairs)
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_small_preset_is_default():
+    assert ConvEncoderConfig.small() == ConvEncoderConfig()
+
+
+def test_default_encoder_parameter_count():
+    convs = conv_params([1, 16, 32, 64], 3, bias=False)
+    norms = 2 * (16 + 32 + 64)
+    classifier = 64 * 3 * 3 * 10 + 10
+
+    assert count(ConvEncoder(ConvEncoderConfig())) == convs + norms + classifier == 29178
+
+
+def test_wide_preset_parameter_count():
+    convs = conv_params([1, 32, 64, 128], 3, bias=False)
+    norms = 2 * (32 + 64 + 128)
+    classifier = 128 * 3 * 3 * 10 + 10
+
+    assert count(ConvEncoder(ConvEncoderConfig.wide())) == convs + norms + classifier
+
+
+def test_reference_preset_parameter_count():
+    expected = conv_params([1, 32, 64, 128, 256, 512, 1024, 10], 3, bias=True)
+
+    assert count(ConvEncoder(ConvEncoderConfig.reference())) == expected == 6_379_786
+
+
+def test_reference_preset_layers():
+    encoder = ConvEncoder(ConvEncoderConfig.reference())
+
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    pools = [m for m in encoder.modules() if isinstance(m, nn.MaxPool2d)]
+    norms = [m for m in encoder.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+
+    assert [conv.out_channels for conv in convs] == [32, 64, 128, 256, 512, 1024, 10]
+    assert all(conv.kernel_size == (3, 3) for conv in convs)
+    assert len(pools) == 2
+    assert norms == []
+
+
+def test_reference_pools_follow_second_and_fourth_conv():
+    encoder = ConvEncoder(ConvEncoderConfig.reference())
+
+    kinds = [type(m) for m in encoder.features if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+
+    conv, pool = nn.Conv2d, nn.MaxPool2d
+    assert kinds == [conv, conv, pool, conv, conv, pool, conv, conv]
+
+
+def test_conv_head_averages_class_map():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(4, 8), digit_head="conv")).eval()
+    images = torch.randn(3, 1, 28, 28)
+
+    logits, features = encoder(images)
+
+    feature_map = features.view(3, 8, 7, 7)
+    weight, bias = encoder.classifier.weight, encoder.classifier.bias
+    class_map = F.conv2d(feature_map, weight, bias, padding=1)
+    torch.testing.assert_close(logits, class_map.mean(dim=(2, 3)))
+
+
+def test_conv_head_features_are_flat_map():
+    encoder = ConvEncoder(ConvEncoderConfig.reference())
+
+    assert encoder.num_features == 1024 * 7 * 7
+    assert encoder.feature_shape == (1024, 7, 7)
+
+
+def test_conv_head_needs_flatten():
+    with pytest.raises(
+        ValueError, match=r"`digit_head`='conv' needs `pool`='flatten'.*got `pool`='avg'"
+    ):
+        ConvEncoderConfig(digit_head="conv", pool="avg")
+
+
+@pytest.mark.parametrize("name", ENCODER_PRESETS)
+def test_preset_by_name(name):
+    assert ConvEncoderConfig.preset(name) == getattr(ConvEncoderConfig, name)()
+
+
+def test_unknown_preset():
+    with pytest.raises(
+        ValueError,
+        match=re.escape("`preset`='tiny'; expected one of ['small', 'wide', 'reference']"),
+    ):
+        ConvEncoderConfig.preset("tiny")
+
+
+@pytest.mark.parametrize("name", ENCODER_PRESETS)
+def test_preset_json_round_trip(name):
+    config = ConvEncoderConfig.preset(name)
+
+    rebuilt = ConvEncoderConfig(**json.loads(json.dumps(asdict(config))))
+
+    assert rebuilt == config
+
+
+def test_group_norm_layers():
+    encoder = ConvEncoder(ConvEncoderConfig(norm="group", num_groups=4))
+
+    norms = [m for m in encoder.modules() if isinstance(m, nn.GroupNorm)]
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+
+    assert [norm.num_groups for norm in norms] == [4, 4, 4]
+    assert [norm.num_channels for norm in norms] == [16, 32, 64]
+    assert all(conv.bias is None for conv in convs)
+
+
+def test_group_norm_independent_of_batch():
+    encoder = ConvEncoder(ConvEncoderConfig(norm="group", num_groups=4)).train()
+    images = torch.randn(6, 1, 28, 28)
+
+    whole, _ = encoder(images)
+    single, _ = encoder(images[:1])
+
+    torch.testing.assert_close(whole[:1], single)
+
+
+def test_group_norm_groups_must_divide():
+    with pytest.raises(
+        ValueError, match=r"`num_groups`=8 does not divide the 12 channels of stage 2"
+    ):
+        ConvEncoderConfig(channels=(16, 12), norm="group")
+
+
+def test_num_groups_unused_without_group_norm():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(12,), num_groups=5))
+
+    assert count(encoder) > 0
+
+
+@pytest.mark.parametrize(("pooling", "kind"), [("max", nn.MaxPool2d), ("avg", nn.AvgPool2d)])
+def test_stage_pool_kind(pooling, kind):
+    encoder = ConvEncoder(ConvEncoderConfig(stage_pool=pooling))
+
+    pools = [m for m in encoder.modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+
+    assert [type(m) for m in pools] == [kind] * 3
+
+
+def test_stage_pool_avg_values():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(4,), norm="none", stage_pool="avg"))
+    images = torch.randn(2, 1, 28, 28)
+
+    activation = F.relu(encoder.features[0](images))  # (2, 4, 28, 28)
+    expected = activation.view(2, 4, 14, 2, 14, 2).mean(dim=(3, 5)).flatten(1)
+
+    torch.testing.assert_close(encoder.forward_features(images), expected)
+
+
+def test_stage_pool_none_keeps_size():
+    config = ConvEncoderConfig(channels=(4, 8), stage_pool=("none", "max"))
+
+    assert ConvEncoder(config).feature_shape == (8, 14, 14)
+
+
+def test_convs_per_stage_tuple():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(4, 8, 8), convs_per_stage=(1, 3, 2)))
+
+    widths = [m.out_channels for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+
+    assert widths == [4, 8, 8, 8, 8, 8]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("convs_per_stage", (1, 2)), ("stage_pool", ("max", "max", "max", "max"))]
+)
+def test_per_stage_length_mismatch(name, value):
+    with pytest.raises(
+        ValueError, match=re.escape(f"`{name}` to give one entry per stage (3), but got {value!r}")
+    ):
+        ConvEncoderConfig(**{name: value})
+
+
+def test_convs_per_stage_zero_entry():
+    with pytest.raises(ValueError, match=r"`convs_per_stage` >= 1, but got \(1, 0, 1\)"):
+        ConvEncoderConfig(convs_per_stage=(1, 0, 1))
+
+
+def test_image_size_counts_pooled_stages_only():
+    config = ConvEncoderConfig(image_size=4, stage_pool=("max", "none", "max"))
+
+    assert ConvEncoder(config).feature_shape == (64, 1, 1)
+
+
+def test_lists_become_tuples():
+    config = ConvEncoderConfig(convs_per_stage=[1, 1, 2], stage_pool=["max", "avg", "none"])
+
+    assert config.convs_per_stage == (1, 1, 2)
+    assert config.stage_pool == ("max", "avg", "none")
+
+
+def test_three_channel_32_forward():
+    encoder = ConvEncoder(ConvEncoderConfig(in_channels=3, image_size=32))
+
+    logits, features = encoder(torch.randn(2, 3, 32, 32))
+
+    assert logits.shape == (2, 10)
+    assert features.shape == (2, 64 * 4 * 4)

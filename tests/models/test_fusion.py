@@ -13,6 +13,7 @@ from mnist_fusion.models import (
     FusionModel,
     FusionModelConfig,
     FusionOutput,
+    expected_sum,
     predicted_digit,
     predicted_sum,
 )
@@ -295,3 +296,312 @@ def test_config_from_dict_invalid_value():
 
     with pytest.raises(ValueError, match=r"`norm`='bacth'"):
         FusionModelConfig.from_dict(data)
+
+
+HEADS = ["regression", "classification", "exact"]
+COMBINATIONS = [
+    {"fuse": fuse, "combine": combine, "side_encoding": side, "sum_head": sum_head}
+    for fuse in ["probs", "logits", "features"]
+    for combine in ["concat", "film"]
+    for side in ["one_hot", "embedding"]
+    for sum_head in ["regression", "classification"]
+] + [{"sum_head": "exact"}]
+
+# Recorded from the default model of mnist_fusion 0.1.0: torch.manual_seed(0), then
+# FusionModel(), eval mode, images torch.randn(4, 1, 28, 28) from a generator seeded 1.
+DEFAULT_SUMS = [0.2019759565591812, 0.224339097738266, 0.34639930725097656, 0.17389577627182007]
+DEFAULT_KEYS = [
+    "encoder.features.0.weight",
+    *[f"encoder.features.1.{name}" for name in ("weight", "bias", "running_mean", "running_var")],
+    "encoder.features.1.num_batches_tracked",
+    "encoder.features.4.weight",
+    *[f"encoder.features.5.{name}" for name in ("weight", "bias", "running_mean", "running_var")],
+    "encoder.features.5.num_batches_tracked",
+    "encoder.features.8.weight",
+    *[f"encoder.features.9.{name}" for name in ("weight", "bias", "running_mean", "running_var")],
+    "encoder.features.9.num_batches_tracked",
+    "encoder.classifier.weight",
+    "encoder.classifier.bias",
+    "head.linear.weight",
+    "head.linear.bias",
+    "head.mlp.0.weight",
+    "head.mlp.0.bias",
+    "head.mlp.2.weight",
+    "head.mlp.2.bias",
+]
+
+
+def options_id(options: dict) -> str:
+    return "-".join(options.values())
+
+
+def sum_only_loss(output: FusionOutput, target: torch.Tensor) -> torch.Tensor:
+    if output.sum_logits is not None:
+        return F.cross_entropy(output.sum_logits, target)
+    return F.mse_loss(output.sum, target.float())
+
+
+def test_default_parameter_count():
+    model = FusionModel(FusionModelConfig())
+
+    assert sum(p.numel() for p in model.parameters()) == 30608
+
+
+def test_default_state_keys():
+    assert list(FusionModel(FusionModelConfig()).state_dict()) == DEFAULT_KEYS
+
+
+def test_default_outputs_fixed_seed():
+    torch.manual_seed(0)
+    model = FusionModel(FusionModelConfig()).eval()
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+    with torch.no_grad():
+        out = model(images, torch.tensor([0, 3, 7, 9]))
+
+    torch.testing.assert_close(out.sum, torch.tensor(DEFAULT_SUMS), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sum_head", HEADS)
+def test_predict_int64_every_head(sum_head):
+    batch = make_batch(6)
+
+    digit, total = small_model(sum_head=sum_head).predict(batch["image"], batch["side"])
+
+    assert digit.dtype == torch.int64
+    assert total.dtype == torch.int64
+    assert total.shape == (6,)
+
+
+@pytest.mark.parametrize("sum_head", ["classification", "exact"])
+def test_sum_logits_output(sum_head):
+    batch = make_batch(5)
+
+    out = small_model(sum_head=sum_head)(batch["image"], batch["side"])
+
+    assert out.sum_logits.shape == (5, 19)
+    torch.testing.assert_close(out.sum, expected_sum(out.sum_logits))
+    assert out.second_digit_logits is None
+
+
+def test_exact_sum_logits_normalised():
+    batch = make_batch(5)
+
+    out = small_model(sum_head="exact")(batch["image"], batch["side"])
+
+    torch.testing.assert_close(out.sum_logits.logsumexp(-1), torch.zeros(5))
+
+
+def test_classification_predicts_argmax():
+    model = small_model(sum_head="classification").eval()
+    batch = make_batch(8)
+
+    _, total = model.predict(batch["image"], batch["side"])
+
+    with torch.no_grad():
+        expected = model(batch["image"], batch["side"]).sum_logits.argmax(-1)
+    assert torch.equal(total, expected)
+
+
+def test_exact_consistency():
+    torch.manual_seed(3)
+    model = small_model(sum_head="exact")
+    batch = make_batch(64, seed=4)
+
+    digit, total = model.predict(batch["image"] * 3, batch["side"])
+
+    assert torch.equal(total, digit + batch["side"])
+
+
+def test_exact_consistency_with_tied_logits():
+    model = small_model(sum_head="exact")
+    with torch.no_grad():
+        model.encoder.classifier.weight.zero_()
+        model.encoder.classifier.bias.zero_()
+    batch = make_batch(6)
+
+    digit, total = model.predict(batch["image"], batch["side"])
+
+    assert digit.tolist() == [0] * 6
+    assert torch.equal(total, batch["side"])
+
+
+def test_exact_head_side_range_follows_config():
+    model = small_model(sum_head="exact", num_side_values=4)
+
+    out = model(torch.randn(2, 1, 28, 28), torch.tensor([0, 3]))
+
+    assert out.sum_logits.shape == (2, 13)
+
+
+@pytest.mark.parametrize("options", COMBINATIONS, ids=options_id)
+def test_sum_loss_alone_trains_encoder(options):
+    model = small_model(**options)
+    batch = make_batch(16)
+
+    output = model(batch["image"], batch["side"])
+    sum_only_loss(output, batch["sum"]).backward()
+
+    first_conv = model.encoder.features[0].weight
+    classifier = model.encoder.classifier.weight
+    assert first_conv.grad.abs().sum() > 0
+    if options.get("fuse") != "features":
+        assert classifier.grad.abs().sum() > 0
+
+
+def test_pair_sum_loss_trains_encoder():
+    model = small_model(sum_head="exact")
+    batch = make_batch(16)
+
+    output = model(batch["image"], second_image=batch["image"].flip(0))
+    F.cross_entropy(output.sum_logits, batch["digit"] + batch["digit"].flip(0)).backward()
+
+    assert model.encoder.features[0].weight.grad.abs().sum() > 0
+    assert model.encoder.classifier.weight.grad.abs().sum() > 0
+
+
+def test_pair_outputs():
+    model = small_model(sum_head="exact").eval()
+    first, second = make_batch(5, seed=1)["image"], make_batch(5, seed=2)["image"]
+
+    out = model(first, second_image=second)
+
+    with torch.no_grad():
+        first_logits, _ = model.encoder(first)
+        second_logits, _ = model.encoder(second)
+    torch.testing.assert_close(out.digit_logits, first_logits)
+    torch.testing.assert_close(out.second_digit_logits, second_logits)
+
+
+def test_pair_sum_is_convolution():
+    model = small_model(sum_head="exact").eval()
+    first, second = make_batch(3, seed=1)["image"], make_batch(3, seed=2)["image"]
+
+    out = model(first, second_image=second)
+
+    p, q = out.digit_logits.softmax(-1).double(), out.second_digit_logits.softmax(-1).double()
+    expected = torch.zeros(3, 19, dtype=torch.float64)
+    for row in range(3):
+        for a in range(10):
+            for b in range(10):
+                expected[row, a + b] += p[row, a] * q[row, b]
+    torch.testing.assert_close(out.sum_logits.exp().double(), expected)
+
+
+def test_pair_width_ignores_side_values():
+    model = small_model(sum_head="exact", num_side_values=4)
+    images = torch.randn(2, 1, 28, 28)
+
+    out = model(images, second_image=images)
+
+    assert out.sum_logits.shape == (2, 19)
+
+
+def test_pair_predict():
+    model = small_model(sum_head="exact")
+    batch = make_batch(4)
+
+    digit, total = model.predict(batch["image"], second_image=batch["image"])
+
+    model.eval()
+    with torch.no_grad():
+        out = model(batch["image"], second_image=batch["image"])
+    assert digit.dtype == torch.int64
+    assert torch.equal(digit, out.digit_logits.argmax(-1))
+    assert torch.equal(total, out.sum_logits.argmax(-1))
+
+
+def test_pair_needs_exact_head():
+    images = torch.zeros(2, 1, 28, 28)
+
+    with pytest.raises(
+        ValueError, match=r"Two-image addition needs sum_head='exact'.*sum_head='regression'"
+    ):
+        small_model()(images, second_image=images)
+
+
+def test_pair_rejects_side():
+    images = torch.zeros(2, 1, 28, 28)
+
+    with pytest.raises(ValueError, match=r"Got both `side` and `second_image`"):
+        small_model(sum_head="exact")(images, torch.tensor([1, 2]), second_image=images)
+
+
+def test_missing_side():
+    with pytest.raises(
+        ValueError, match=r"Expected a `side` tensor \[N\] of integers, but got None"
+    ):
+        small_model()(torch.zeros(2, 1, 28, 28))
+
+
+def test_pair_shape_mismatch():
+    expected = re.escape(
+        "Expected `second_image` of shape [2, 1, 28, 28] to match the first images, "
+        "but got [3, 1, 28, 28]"
+    )
+
+    with pytest.raises(ValueError, match=expected):
+        small_model(sum_head="exact")(
+            torch.zeros(2, 1, 28, 28), second_image=torch.zeros(3, 1, 28, 28)
+        )
+
+
+def test_pair_dtype_mismatch():
+    second = torch.zeros(2, 1, 28, 28, dtype=torch.float64)
+
+    with pytest.raises(
+        ValueError, match=r"`second_image` of dtype torch.float32.*got torch.float64"
+    ):
+        small_model(sum_head="exact")(torch.zeros(2, 1, 28, 28), second_image=second)
+
+
+def test_pair_checks_first_image():
+    images = torch.zeros(2, 1, 32, 32)
+
+    with pytest.raises(ValueError, match=re.escape("shape [N, 1, 28, 28], but got [2, 1, 32, 32]")):
+        small_model(sum_head="exact")(images, second_image=images)
+
+
+def test_complex_side_rejected():
+    side = torch.tensor([1, 2], dtype=torch.complex64)
+
+    with pytest.raises(ValueError, match=r"integer side tensor, but got dtype torch.complex64"):
+        small_model()(torch.zeros(2, 1, 28, 28), side)
+
+
+@pytest.mark.parametrize("sum_head", HEADS)
+def test_config_json_round_trip_every_head(sum_head):
+    config = FusionModelConfig(
+        encoder=ConvEncoderConfig.reference(), head=FusionHeadConfig(sum_head=sum_head)
+    )
+
+    rebuilt = FusionModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+
+    assert rebuilt == config
+
+
+def test_config_from_earlier_dict():
+    # The dict that mnist_fusion 0.1.0 wrote, before the newer fields existed.
+    data = {
+        "encoder": {
+            "in_channels": 1,
+            "image_size": 28,
+            "channels": [16, 32, 64],
+            "convs_per_stage": 1,
+            "kernel_size": 3,
+            "norm": "batch",
+            "activation": "relu",
+            "dropout": 0.0,
+            "pool": "flatten",
+            "num_classes": 10,
+        },
+        "head": {
+            "num_side_values": 10,
+            "fuse": "probs",
+            "temperature": 0.1,
+            "hidden": 64,
+            "sum_head": "regression",
+        },
+    }
+
+    assert FusionModelConfig.from_dict(data) == FusionModelConfig()

@@ -10,8 +10,9 @@ from torch import nn
 
 from mnist_fusion.models.encoder import ConvEncoder, ConvEncoderConfig
 from mnist_fusion.models.head import FusionHead, FusionHeadConfig
+from mnist_fusion.models.sum_heads import convolve_log_probs, expected_sum
 
-__all__ = ["FusionModel", "FusionModelConfig", "FusionOutput"]
+__all__ = ["FusionModel", "FusionModelConfig", "FusionOutput", "predicted_digit", "predicted_sum"]
 
 
 class FusionOutput(NamedTuple):
@@ -21,13 +22,24 @@ class FusionOutput(NamedTuple):
 
     Attributes:
         digit_logits: Unnormalised digit scores ``[N, num_classes]``.
-        sum: Regression prediction of the sum ``[N]``, or None.
-        sum_logits: Scores over the possible sums ``[N, max_sum + 1]``, or None.
+        sum: The sum as a real value ``[N]``: the regression head's prediction, or the
+            mean of ``sum_logits`` for the classification and exact heads. None when
+            not set.
+        sum_logits: Scores over the possible sums ``[N, max_sum + 1]`` (the classification
+            head), or their log-probabilities (the exact head); None for regression.
+        second_digit_logits: Digit scores of the second image in two-image addition
+            ``[N, num_classes]``; None otherwise.
+
+    Examples:
+        >>> output = FusionOutput(torch.zeros(2, 10), sum=torch.tensor([3.0, 7.0]))
+        >>> output.sum_logits is None, output.second_digit_logits is None
+        (True, True)
     """
 
     digit_logits: torch.Tensor
     sum: torch.Tensor | None = None
     sum_logits: torch.Tensor | None = None
+    second_digit_logits: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,11 @@ class FusionModelConfig:
     Attributes:
         encoder: Encoder options.
         head: Fusion head options.
+
+    Examples:
+        >>> config = FusionModelConfig(encoder=ConvEncoderConfig.wide())
+        >>> FusionModelConfig.from_dict(config.to_dict()) == config
+        True
     """
 
     encoder: ConvEncoderConfig = field(default_factory=ConvEncoderConfig)
@@ -54,6 +71,15 @@ class FusionModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FusionModelConfig:
         """Rebuild a configuration written by :meth:`to_dict`.
+
+        A field missing from ``data`` takes its default, so the dicts of earlier
+        versions, which had fewer fields, still load.
+
+        Args:
+            data: A dict with ``encoder`` and ``head`` dicts.
+
+        Returns:
+            The configuration.
 
         Raises:
             ValueError: If a key is unknown or missing, or a value is invalid.
@@ -73,6 +99,11 @@ class FusionModel(nn.Module):
     The sum head reads a differentiable function of the encoder's output (digit
     probabilities by default), so the sum loss trains the encoder too.
 
+    With ``sum_head="exact"`` the model also adds two images:
+    ``model(image, second_image=other)`` runs the one encoder on both images and
+    returns the exact distribution of the sum of their digits, so a loss on the sum
+    alone trains the digit classifier.
+
     Args:
         config: Model configuration; the default is the small fast recipe.
 
@@ -81,6 +112,10 @@ class FusionModel(nn.Module):
         >>> out = model(torch.zeros(2, 1, 28, 28), torch.tensor([3, 4]))
         >>> tuple(out.digit_logits.shape), tuple(out.sum.shape)
         ((2, 10), (2,))
+        >>> adder = FusionModel(FusionModelConfig(head=FusionHeadConfig(sum_head="exact")))
+        >>> pair = adder(torch.zeros(2, 1, 28, 28), second_image=torch.zeros(2, 1, 28, 28))
+        >>> tuple(pair.sum_logits.shape), tuple(pair.second_digit_logits.shape)
+        ((2, 19), (2, 10))
     """
 
     def __init__(self, config: FusionModelConfig | None = None) -> None:
@@ -93,28 +128,112 @@ class FusionModel(nn.Module):
             num_features=self.encoder.num_features,
         )
 
-    def forward(self, image: torch.Tensor, side: torch.Tensor) -> FusionOutput:
-        self._check_inputs(image, side)
+    def forward(
+        self,
+        image: torch.Tensor,
+        side: torch.Tensor | None = None,
+        *,
+        second_image: torch.Tensor | None = None,
+    ) -> FusionOutput:
+        """Predict the digit and the sum of ``image`` and ``side`` (or ``second_image``).
+
+        Args:
+            image: Float images ``[N, in_channels, image_size, image_size]``.
+            side: Integer side values ``[N]`` in ``[0, num_side_values)``.
+            second_image: Images of the shape of ``image``, to add instead of ``side``;
+                needs ``sum_head="exact"``.
+
+        Returns:
+            The outputs; which sum fields are set depends on the sum head.
+
+        Raises:
+            ValueError: If an input has the wrong shape, dtype or range, if neither or
+                both of ``side`` and ``second_image`` are given, or if ``second_image``
+                is given to a learned sum head.
+        """
+        self._check_inputs(image, side, second_image)
+        if second_image is not None:
+            return self._add_images(image, second_image)
+
         digit_logits, features = self.encoder(image)  # (N, classes), (N, F)
-        sum_value = self.head(digit_logits, features, side)  # (N,)
-        return FusionOutput(digit_logits=digit_logits, sum=sum_value)
+        prediction = self.head(digit_logits, features, side)  # (N,) or (N, K)
+        if self.config.head.sum_head == "regression":
+            return FusionOutput(digit_logits=digit_logits, sum=prediction)
+        return FusionOutput(
+            digit_logits=digit_logits, sum=expected_sum(prediction), sum_logits=prediction
+        )
 
     @torch.no_grad()
-    def predict(self, image: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self,
+        image: torch.Tensor,
+        side: torch.Tensor | None = None,
+        *,
+        second_image: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict the digit and the sum as int64 tensors ``[N]``.
 
-        Runs in eval mode and restores the previous mode afterwards. The regression sum
-        is rounded to the nearest integer and clipped to ``[0, max_sum]``.
+        Runs in eval mode and restores the previous mode afterwards. A regression sum is
+        rounded to the nearest integer and clipped to ``[0, max_sum]``; the other heads
+        give the most likely sum. For two images, the digit is the first image's.
+
+        Args:
+            image: Float images ``[N, C, H, W]``.
+            side: Integer side values ``[N]``.
+            second_image: Images to add instead of ``side`` (exact head only).
+
+        Returns:
+            ``(digit, sum)``, both int64 ``[N]``.
+
+        Raises:
+            ValueError: As :meth:`forward`.
+
+        Examples:
+            >>> model = FusionModel(FusionModelConfig(head=FusionHeadConfig(sum_head="exact")))
+            >>> digit, total = model.predict(torch.zeros(3, 1, 28, 28), torch.tensor([0, 4, 9]))
+            >>> torch.equal(total, digit + torch.tensor([0, 4, 9]))
+            True
         """
         was_training = self.training
         self.eval()
         try:
-            output = self(image, side)
+            output = self(image, side, second_image=second_image)
         finally:
             self.train(was_training)
         return predicted_digit(output), predicted_sum(output, self.config.max_sum)
 
-    def _check_inputs(self, image: torch.Tensor, side: torch.Tensor) -> None:
+    def _add_images(self, image: torch.Tensor, second_image: torch.Tensor) -> FusionOutput:
+        # One encoder pass over both halves: shared weights, and one set of batch
+        # statistics in training mode.
+        both = torch.cat([image, second_image])  # (2N, C, H, W)
+        both_logits, _ = self.encoder(both)  # (2N, classes)
+        digit_logits, second_logits = both_logits.split(image.shape[0])  # (N, classes) x 2
+
+        sum_logits = convolve_log_probs(
+            digit_logits.log_softmax(dim=-1), second_logits.log_softmax(dim=-1)
+        )  # (N, 2 * classes - 1)
+        return FusionOutput(
+            digit_logits=digit_logits,
+            sum=expected_sum(sum_logits),
+            sum_logits=sum_logits,
+            second_digit_logits=second_logits,
+        )
+
+    def _check_inputs(
+        self, image: torch.Tensor, side: torch.Tensor | None, second_image: torch.Tensor | None
+    ) -> None:
+        self._check_image(image)
+        if second_image is not None:
+            self._check_second_image(image, side, second_image)
+            return
+        if side is None:
+            raise ValueError(
+                "Expected a `side` tensor [N] of integers, but got None; pass the side "
+                "values, or `second_image=` to add two images."
+            )
+        self._check_side(image, side)
+
+    def _check_image(self, image: torch.Tensor) -> None:
         encoder = self.config.encoder
         expected = (encoder.in_channels, encoder.image_size, encoder.image_size)
         if image.ndim != 4 or tuple(image.shape[1:]) != expected:
@@ -128,14 +247,42 @@ class FusionModel(nn.Module):
                 "pixels to [0, 1] and normalise them first, as the datasets in "
                 "mnist_fusion.data do."
             )
+
+    def _check_second_image(
+        self, image: torch.Tensor, side: torch.Tensor | None, second_image: torch.Tensor
+    ) -> None:
+        if side is not None:
+            raise ValueError(
+                "Got both `side` and `second_image`; pass `side` to add a side value, or "
+                "`second_image` to add two images."
+            )
+        if self.config.head.sum_head != "exact":
+            raise ValueError(
+                f"Two-image addition needs sum_head='exact', but this model has "
+                f"sum_head={self.config.head.sum_head!r}, which reads a side value."
+            )
+        if second_image.shape != image.shape:
+            raise ValueError(
+                f"Expected `second_image` of shape {list(image.shape)} to match the first "
+                f"images, but got {list(second_image.shape)}."
+            )
+        if second_image.dtype != image.dtype:
+            raise ValueError(
+                f"Expected `second_image` of dtype {image.dtype} like the first images, "
+                f"but got {second_image.dtype}."
+            )
+
+    def _check_side(self, image: torch.Tensor, side: torch.Tensor) -> None:
         if side.shape != image.shape[:1]:
             raise ValueError(
                 f"Expected side of shape [{image.shape[0]}] to match the images, "
                 f"but got {list(side.shape)}."
             )
-        if side.is_floating_point() or side.dtype == torch.bool:
+        if side.is_floating_point() or side.is_complex() or side.dtype == torch.bool:
             raise ValueError(f"Expected an integer side tensor, but got dtype {side.dtype}.")
-        if torch.compiler.is_compiling() or side.numel() == 0:
+        # A traced graph cannot branch on tensor values, so compiled and exported models
+        # skip the range check; it runs in eager mode only.
+        if _is_tracing() or side.numel() == 0:
             return
 
         # One device-to-host sync per batch; cheap next to a forward pass.
@@ -148,16 +295,47 @@ class FusionModel(nn.Module):
             )
 
 
+def _is_tracing() -> bool:
+    # Older torch releases may lack torch.compiler.is_exporting.
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.compiler.is_compiling() or (is_exporting is not None and is_exporting())
+
+
 def predicted_digit(output: FusionOutput) -> torch.Tensor:
-    """Return the most likely digit per sample, int64 ``[N]``."""
+    """Return the most likely digit per sample, int64 ``[N]``.
+
+    Args:
+        output: A model's output.
+
+    Returns:
+        The argmax of ``output.digit_logits``.
+
+    Examples:
+        >>> predicted_digit(FusionOutput(torch.eye(10)[[4, 0]])).tolist()
+        [4, 0]
+    """
     return output.digit_logits.argmax(dim=-1)
 
 
 def predicted_sum(output: FusionOutput, max_sum: int) -> torch.Tensor:
     """Return the predicted sum per sample, int64 ``[N]``.
 
-    A regression value is rounded to the nearest integer and clipped to ``[0, max_sum]``;
-    sum logits give their most likely class.
+    Sum logits, when present, give their most likely sum; otherwise the regression value
+    is rounded to the nearest integer and clipped to ``[0, max_sum]``.
+
+    Args:
+        output: A model's output.
+        max_sum: Largest possible sum, for clipping a regression value.
+
+    Returns:
+        The predicted sums.
+
+    Raises:
+        ValueError: If the output holds neither ``sum`` nor ``sum_logits``.
+
+    Examples:
+        >>> predicted_sum(FusionOutput(torch.zeros(2, 10), sum=torch.tensor([3.4, 25.0])), 18)
+        tensor([ 3, 18])
     """
     if output.sum_logits is not None:
         return output.sum_logits.argmax(dim=-1)
