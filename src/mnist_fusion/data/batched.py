@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from mnist_fusion.data.pairing import TargetFn, _resolve_targets
 from mnist_fusion.data.side import _check_index, _check_int
+from mnist_fusion.distributed import _check_batch_divides, _check_shard
 
 __all__ = ["BatchLoader", "TensorFusionDataset", "MNIST_MEAN", "MNIST_STD"]
 
@@ -173,22 +174,37 @@ class BatchLoader:
     batched tensors. Shuffling draws a permutation from a private generator seeded once,
     so the order depends on ``seed`` and the epoch count only, never on the global RNG.
 
+    With ``world_size`` above 1 the loader yields one process's shard. Every rank draws
+    the same permutation (same seed, same epoch count) and cuts it into the same global
+    batches of ``batch_size`` items. Rank ``r`` then takes the items at offsets ``r``,
+    ``r + world_size``, ... of each global batch. So the shards of one step together
+    form the batch that a single process would see, each item once, with no padding.
+    A rank whose share of the last, smaller batch is empty yields one batch fewer,
+    which evaluation tolerates but DDP training does not (see
+    :func:`~mnist_fusion.distributed.check_training_split`).
+
     Args:
         dataset: The tensor-resident dataset.
-        batch_size: Samples per batch.
+        batch_size: Samples per batch, over all ranks together; each rank's batches
+            hold ``batch_size // world_size`` of them.
         shuffle: Draw a new permutation each epoch.
         drop_last: Drop the last batch when it is smaller than ``batch_size``.
         seed: Seed of the shuffling generator.
+        rank: This process's rank, from 0 to ``world_size - 1``.
+        world_size: Number of processes that share the dataset.
 
     Raises:
-        ValueError: If ``batch_size`` is not a positive integer or ``seed`` is not an
-            integer.
+        ValueError: If ``batch_size`` is not a positive integer, ``seed`` is not an
+            integer, ``rank`` is outside ``[0, world_size)``, or ``batch_size`` does not
+            divide by ``world_size``.
 
     Examples:
         >>> data = TensorFusionDataset(
         ...     torch.zeros(5, 28, 28, dtype=torch.uint8), torch.arange(5), torch.arange(5))
         >>> [len(b["index"]) for b in BatchLoader(data, batch_size=2)]
         [2, 2, 1]
+        >>> [b["index"].tolist() for b in BatchLoader(data, batch_size=2, rank=1, world_size=2)]
+        [[1], [3]]
     """
 
     def __init__(
@@ -199,9 +215,13 @@ class BatchLoader:
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Expected `batch_size` to be a positive integer, got {batch_size!r}.")
+        self.rank, self.world_size = _check_shard(rank, world_size)
+        _check_batch_divides(batch_size, world_size)
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -209,9 +229,9 @@ class BatchLoader:
         self.generator = torch.Generator().manual_seed(_check_int("seed", seed))
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.dataset) // self.batch_size
-        return -(-len(self.dataset) // self.batch_size)
+        full, last = divmod(len(self.dataset), self.batch_size)
+        # This rank's share of the last batch starts at offset `rank` within it.
+        return full + (1 if not self.drop_last and last > self.rank else 0)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         count = len(self.dataset)
@@ -222,7 +242,8 @@ class BatchLoader:
 
         for batch_index in range(len(self)):
             start = batch_index * self.batch_size
-            yield self.dataset.batch(order[start : start + self.batch_size])
+            stop = start + self.batch_size
+            yield self.dataset.batch(order[start + self.rank : stop : self.world_size])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Return the shuffling generator's state, so a resumed run draws the same orders."""
