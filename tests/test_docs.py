@@ -25,7 +25,18 @@ PAGES = sorted(DOCS.glob("*.md"))
 GUIDES = ("quickstart.md", "datasets.md", "models.md", "training.md", "reference-experiment.md")
 
 # Modules documented on docs/api.md. The command line is documented in the quickstart.
-API_MODULES = ("data", "models", "losses", "metrics", "training", "checkpoint", "testing")
+API_MODULES = (
+    "data",
+    "models",
+    "losses",
+    "metrics",
+    "training",
+    "checkpoint",
+    "testing",
+    "lightning",
+    "plots",
+    "distributed",
+)
 NOT_IN_API = {"cli"}
 
 _FENCE = re.compile(r"^(?P<fence>`{3,})(?P<info>.*)$")
