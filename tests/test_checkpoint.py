@@ -274,7 +274,7 @@ def test_invalid_config_in_file(tmp_path):
     path = write_payload(tmp_path / "edited.pt", payload)
 
     with pytest.raises(
-        CheckpointError, match=rf"{path_pattern(path)} holds an invalid configuration: .*'bacth'"
+        CheckpointError, match=rf"{path_pattern(path)} contains an invalid configuration: .*'bacth'"
     ):
         load(path)
 

@@ -175,7 +175,7 @@ def _config_from(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Fu
     try:
         return FusionModelConfig.from_dict(payload["config"])
     except (KeyError, ValueError) as error:
-        raise CheckpointError(f"{str(path)!r} holds an invalid configuration: {error}") from error
+        raise CheckpointError(f"{str(path)!r} contains an invalid configuration: {error}") from error
 
 
 def _compare_keys(

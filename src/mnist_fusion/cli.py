@@ -95,7 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(run=_run_prepare)
 
     train = commands.add_parser("train", help="train on the training split, test on the test split")
-    train.add_argument("--root", type=Path, required=True, help="folder that holds MNIST/raw")
+    train.add_argument("--root", type=Path, required=True, help="folder that contains MNIST/raw")
     train.add_argument(
         "--out", type=Path, required=True, help="folder for model.pt and metrics.json"
     )
@@ -122,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "evaluate", help="evaluate a checkpoint on the test split"
     )
     evaluate_parser.add_argument(
-        "--root", type=Path, required=True, help="folder that holds MNIST/raw"
+        "--root", type=Path, required=True, help="folder that contains MNIST/raw"
     )
     evaluate_parser.add_argument("--checkpoint", type=Path, required=True, help="model.pt to load")
     evaluate_parser.add_argument("--metrics-out", type=Path, help="write the metrics as JSON here")

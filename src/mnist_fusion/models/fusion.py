@@ -331,7 +331,7 @@ def predicted_sum(output: FusionOutput, max_sum: int) -> torch.Tensor:
         The predicted sums.
 
     Raises:
-        ValueError: If the output holds neither ``sum`` nor ``sum_logits``.
+        ValueError: If the output contains neither ``sum`` nor ``sum_logits``.
 
     Examples:
         >>> predicted_sum(FusionOutput(torch.zeros(2, 10), sum=torch.tensor([3.4, 25.0])), 18)
@@ -340,5 +340,5 @@ def predicted_sum(output: FusionOutput, max_sum: int) -> torch.Tensor:
     if output.sum_logits is not None:
         return output.sum_logits.argmax(dim=-1)
     if output.sum is None:
-        raise ValueError("The output holds neither `sum` nor `sum_logits`.")
+        raise ValueError("The output contains neither `sum` nor `sum_logits`.")
     return output.sum.detach().round().clamp(0, max_sum).to(torch.int64)
