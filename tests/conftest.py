@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -46,3 +48,23 @@ def write_tiny_mnist(root: Path, *, train: int = TINY_TRAIN, test: int = TINY_TE
 def tiny_mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root folder whose MNIST/raw holds tiny synthetic train and test IDX files."""
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny_mnist"))
+
+
+class Hostile:
+    """An object that pickles as a call of ``function(*arguments)``, for unpickler tests."""
+
+    def __init__(self, function, *arguments):
+        self.function = function
+        self.arguments = arguments
+
+    def __reduce__(self):
+        return (self.function, self.arguments)
+
+
+def import_example(path: Path, name: str) -> ModuleType:
+    """Import an example script by its path, without running its ``main``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import import_example
 
 from mnist_fusion import checkpoint
 from mnist_fusion.data import read_idx
@@ -17,11 +17,7 @@ MAX_LINES = 80
 
 
 def _import_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mnist_sum_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_example(EXAMPLE, "mnist_sum_example")
 
 
 def test_example_is_short() -> None:

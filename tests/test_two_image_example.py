@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import import_example
 
 from mnist_fusion import checkpoint
 from mnist_fusion.data import MNISTSum, TwoImageAddition
@@ -17,11 +17,7 @@ CHANCE = 0.1
 
 
 def _import_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("two_image_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_example(EXAMPLE, "two_image_example")
 
 
 def test_import_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import Hostile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -240,17 +241,6 @@ def test_tampered_file_is_overwritten_by_later_route(root, wheel, fake_mnist):
 
     expected = fake_mnist.idx_files()["train-images-idx3-ubyte"]
     assert (raw_dir / "train-images-idx3-ubyte").read_bytes() == expected
-
-
-class Hostile:
-    """Pickles as a call of ``function(*arguments)``."""
-
-    def __init__(self, function, *arguments):
-        self.function = function
-        self.arguments = arguments
-
-    def __reduce__(self):
-        return (self.function, self.arguments)
 
 
 def touch_code(marker: Path) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from clirun import IDX_NAMES, TRAIN_ARGS, small_root
+from conftest import Hostile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -199,17 +200,6 @@ def test_mnist_sum_damaged_file_error_type(root, name, damage_spec):
         pass
     finally:
         path.write_bytes(original)
-
-
-class Hostile:
-    """Unpickling this object calls ``function(*arguments)``."""
-
-    def __init__(self, function, *arguments):
-        self.function = function
-        self.arguments = arguments
-
-    def __reduce__(self):
-        return (self.function, self.arguments)
 
 
 def marker_payload(marker: Path) -> Hostile:
