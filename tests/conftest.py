@@ -46,7 +46,7 @@ def write_tiny_mnist(root: Path, *, train: int = TINY_TRAIN, test: int = TINY_TE
 
 @pytest.fixture(scope="session")
 def tiny_mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A root folder whose MNIST/raw holds tiny synthetic train and test IDX files."""
+    """A root folder whose MNIST/raw contains tiny synthetic train and test IDX files."""
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny_mnist"))
 
 

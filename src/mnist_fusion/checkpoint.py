@@ -1,4 +1,4 @@
-"""Model files: one file holds the configuration and the weights, and rebuilds the model.
+"""Model files: one file contains the configuration and the weights, and rebuilds the model.
 
 The file is ``torch.save`` of plain types only (str, int, float, dict, list, tensors),
 read back with ``torch.load(weights_only=True)``, which refuses any other object, so
@@ -175,7 +175,8 @@ def _config_from(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Fu
     try:
         return FusionModelConfig.from_dict(payload["config"])
     except (KeyError, ValueError) as error:
-        raise CheckpointError(f"{str(path)!r} contains an invalid configuration: {error}") from error
+        message = f"{str(path)!r} contains an invalid configuration: {error}"
+        raise CheckpointError(message) from error
 
 
 def _compare_keys(

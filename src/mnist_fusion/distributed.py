@@ -4,8 +4,8 @@
 processes and passes each its rank and the rendezvous address in environment variables
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`init_from_env`
 reads them and joins the process group: gloo on the CPU, nccl on CUDA with one GPU per
-process. Without those variables nothing is initialised and every helper here answers
-as for a single process (rank 0 of 1), so library code can call them unconditionally.
+process. Without those variables nothing is initialised and every helper here returns what a
+single process would (rank 0 of 1), so library code can call them unconditionally.
 
 Once a group is initialised, :func:`~mnist_fusion.training.fit` trains through
 ``DistributedDataParallel`` and :func:`~mnist_fusion.training.evaluate` sums the metric

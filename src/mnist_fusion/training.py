@@ -87,7 +87,7 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` epochs and return one record per epoch.
 
-    Each record holds ``epoch``, ``loss``, ``digit_loss`` and ``sum_loss`` (averages
+    Each record contains ``epoch``, ``loss``, ``digit_loss`` and ``sum_loss`` (averages
     weighted by batch size), ``train_seconds`` (time in training steps only) and, when
     ``eval_loader`` is given, ``test_``-prefixed :class:`FusionMetrics` values. Each
     epoch's record is logged at INFO level to the ``mnist_fusion.training`` logger.

@@ -11,7 +11,7 @@ from mnist_fusion.data import TwoImageAddition, default_transform
 
 
 def _labelled(count: int, offset: int = 0) -> TensorDataset:
-    # Each image holds its own index, so a test can read back which item it came from.
+    # Each image contains its own index, so a test can read back which item it came from.
     images = (torch.arange(count, dtype=torch.float32) + offset).view(-1, 1, 1, 1)
     return TensorDataset(images, (torch.arange(count) + offset) % 10)
 

@@ -106,7 +106,7 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
 
         Args:
             indices: 1-D integer tensor; negative indices count from the end, and the
-                ``index`` field holds them counted from the start, as per-item reads do.
+                ``index`` field contains them counted from the start, as per-item reads do.
 
         Raises:
             TypeError: If ``indices`` is not an integer tensor (a boolean mask, say).

@@ -17,8 +17,8 @@ __all__ = ["TwoImageAddition"]
 class TwoImageAddition(Dataset[dict[str, torch.Tensor]]):
     """Pair ``first[i]`` with ``second[permutation[i]]``; the sum of the labels is the target.
 
-    This is the MNIST-addition task of neuro-symbolic learning: a model sees two images
-    and learns from their sum alone. The permutation is drawn once from a private
+    This is the MNIST-addition task of neuro-symbolic learning: a model reads two images and
+    learns from their sum alone. The permutation is drawn once from a private
     generator seeded with ``seed``, so the pairing never depends on the global RNG, the
     access order or DataLoader workers. When ``second`` is longer than ``first``, only the
     first ``len(first)`` entries of the permutation are used; it may not be shorter.

@@ -34,8 +34,8 @@ class FusionHeadConfig:
             probabilities at ``temperature``), ``"logits"`` or ``"features"``.
         temperature: Softmax temperature for ``fuse="probs"``. Below 1 it sharpens the
             probabilities, so that an uncertain digit (say 0.6 / 0.4 between 4 and 9)
-            does not drag a regression sum to the mean of the candidates; the softmax
-            keeps a gradient path to the encoder at any temperature.
+            does not drag a regression sum to the mean of the candidates. The softmax keeps
+            a gradient path to the encoder at any temperature.
         hidden: Width of the hidden layer of the MLP.
         sum_head: ``"regression"``: one real value per sample, ``[N]``.
             ``"classification"``: scores over the sums ``0 .. max_sum``, ``[N, max_sum + 1]``.
