@@ -1,4 +1,4 @@
-"""Hypothesis strategies and a ready-made check for property-testing your own pairing.
+"""Hypothesis strategies and ready-made checks for property-testing your own pairing and models.
 
 Import this module from tests only: it needs ``hypothesis``
 (``pip install mnist-fusion[testing]``).
@@ -11,12 +11,16 @@ Example test a user can paste::
     @given(fused_datasets())
     def test_pairing_is_aligned(fused):
         check_pairing(fused)
+
+The shortcut checks, :func:`check_side_sensitivity` and :func:`check_held_out_accuracy`,
+test a trained model: whether its predicted sum follows its side input, and whether it
+keeps its sum accuracy on (digit, side value) pairs that it never saw in training.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,8 +28,19 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from mnist_fusion.data.pairing import FusionDataset
+from mnist_fusion.metrics.shortcuts import evaluate_side_sensitivity
+from mnist_fusion.models.fusion import FusionModel
+from mnist_fusion.training import evaluate
 
-__all__ = ["check_pairing", "fused_datasets", "image_datasets", "side_inputs"]
+__all__ = [
+    "check_held_out_accuracy",
+    "check_pairing",
+    "check_side_sensitivity",
+    "fused_datasets",
+    "held_out_sets",
+    "image_datasets",
+    "side_inputs",
+]
 
 
 @st.composite
@@ -198,3 +213,158 @@ def _samples_equal(first: Mapping[str, torch.Tensor], second: Mapping[str, torch
 def _expect(condition: bool, index: int, field: str) -> None:
     if not condition:
         raise AssertionError(f"Pairing broken at index {index}: {field} does not match.")
+
+
+@st.composite
+def held_out_sets(
+    draw: st.DrawFn,
+    *,
+    num_digits: int = 10,
+    num_side_values: int = 10,
+    min_size: int = 1,
+    max_size: int | None = None,
+) -> frozenset[tuple[int, int]]:
+    """Draw a set of (digit, side value) pairs to hold out, for ``split_by_combinations``.
+
+    Args:
+        draw: Supplied by hypothesis; callers pass only the keyword arguments.
+        num_digits: Digits are drawn from ``[0, num_digits)``.
+        num_side_values: Side values are drawn from ``[0, num_side_values)``.
+        min_size: Minimum number of pairs.
+        max_size: Maximum number of pairs; None allows every pair of the grid.
+
+    Returns:
+        A strategy of frozensets of pairs. Unlike :func:`~mnist_fusion.data.held_out_pairs`,
+        a drawn set may leave out a digit or a side value entirely.
+
+    Examples:
+        >>> from hypothesis import given
+        >>> @given(held_out_sets(num_digits=2, num_side_values=3, max_size=4))
+        ... def test(pairs):
+        ...     assert 1 <= len(pairs) <= 4 and all(d < 2 and s < 3 for d, s in pairs)
+        >>> test()
+    """
+    pair = st.tuples(st.integers(0, num_digits - 1), st.integers(0, num_side_values - 1))
+    return draw(st.frozensets(pair, min_size=min_size, max_size=max_size))
+
+
+def check_side_sensitivity(
+    model: FusionModel,
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    min_fraction: float = 0.9,
+    names: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Check that the model's predicted sum follows a change of each side input.
+
+    Computes :func:`~mnist_fusion.metrics.evaluate_side_sensitivity`: for each checked
+    input, the fraction of samples whose predicted sum moves by exactly the change when
+    that input alone is replaced by another valid value. A model that ignores the input
+    scores near 0; the exact sum head scores 1.0 by construction. The check applies to
+    models whose target is the digit plus the side inputs.
+
+    Args:
+        model: The trained model.
+        batches: Iterable of dict batches with ``image`` and ``side``, such as a
+            ``BatchLoader`` over test data.
+        min_fraction: Smallest fraction that passes, in ``[0, 1]``.
+        names: Side inputs to check; None checks every declared input, which must then
+            all be categorical.
+        generator: CPU generator for the changed values; None uses a new one seeded
+            with 0, so a rerun on the same batches gives the same fractions.
+
+    Returns:
+        ``{name: fraction}`` of every checked input (``{"side": ...}`` for one input).
+
+    Raises:
+        AssertionError: If a fraction is below ``min_fraction``, naming the input.
+        ValueError: If ``min_fraction`` is outside ``[0, 1]``, or as
+            :func:`~mnist_fusion.metrics.evaluate_side_sensitivity` raises.
+
+    Examples:
+        >>> from mnist_fusion.models import FusionHeadConfig, FusionModelConfig
+        >>> exact = FusionModel(FusionModelConfig(head=FusionHeadConfig(sum_head="exact")))
+        >>> batch = {"image": torch.randn(6, 1, 28, 28), "side": torch.arange(6)}
+        >>> check_side_sensitivity(exact, [batch], min_fraction=1.0)
+        {'side': 1.0}
+    """
+    _check_fraction("min_fraction", min_fraction)
+    fractions = evaluate_side_sensitivity(model, batches, names=names, generator=generator)
+    failing = {name: value for name, value in fractions.items() if value < min_fraction}
+    if failing:
+        described = ", ".join(f"{name!r}: {value:.4f}" for name, value in failing.items())
+        raise AssertionError(
+            f"Side sensitivity below {min_fraction} for {described}: the predicted sum "
+            "does not follow a change of that side input, so the model may ignore it "
+            "and predict the sum from the image alone."
+        )
+    return fractions
+
+
+def check_held_out_accuracy(
+    model: FusionModel,
+    seen: Iterable[Mapping[str, Any]],
+    unseen: Iterable[Mapping[str, Any]],
+    *,
+    max_drop: float = 0.01,
+) -> tuple[float, float]:
+    """Check that the sum accuracy on held-out (digit, side value) pairs keeps up with seen ones.
+
+    Build the two loaders from :func:`~mnist_fusion.data.split_by_combinations` of test
+    data, with the pairs that the model's training data left out. A model that learned
+    a lookup table of the seen pairs loses accuracy on the held-out ones, while one that
+    adds keeps it.
+
+    Args:
+        model: The model, trained without the held-out pairs.
+        seen: Batches of test samples whose pair occurred in training. The loaders must
+            neither shuffle nor drop their last batch, as
+            :func:`~mnist_fusion.training.evaluate` requires.
+        unseen: Batches of test samples whose pair was held out.
+        max_drop: Largest accepted ``seen - unseen`` accuracy, in ``[0, 1]``.
+
+    Returns:
+        ``(seen_accuracy, unseen_accuracy)``.
+
+    Raises:
+        AssertionError: If the unseen accuracy is more than ``max_drop`` below the seen.
+        ValueError: If ``max_drop`` is outside ``[0, 1]`` or a loader yields no sample.
+
+    Examples:
+        >>> from mnist_fusion.models import FusionHeadConfig, FusionModelConfig
+        >>> exact = FusionModel(FusionModelConfig(head=FusionHeadConfig(sum_head="exact")))
+        >>> image = torch.randn(4, 1, 28, 28)
+        >>> digit, _ = exact.predict(image, torch.zeros(4, dtype=torch.int64))
+        >>> def batch(side):
+        ...     return {"image": image, "side": side, "digit": digit, "sum": digit + side}
+        >>> seen, unseen = [batch(torch.arange(4))], [batch(torch.arange(6, 10))]
+        >>> check_held_out_accuracy(exact, seen, unseen)
+        (1.0, 1.0)
+    """
+    _check_fraction("max_drop", max_drop)
+    device = next(model.parameters()).device
+    accuracies = []
+    for label, batches in (("seen", seen), ("unseen", unseen)):
+        values = evaluate(model, batches, device=device, progress=False)
+        if values["count"] == 0:
+            raise ValueError(
+                f"The {label} batches yielded no sample, so their sum accuracy is undefined; "
+                "check that the test data contains the held-out pairs."
+            )
+        accuracies.append(values["sum_accuracy"])
+
+    seen_accuracy, unseen_accuracy = accuracies
+    if seen_accuracy - unseen_accuracy > max_drop:
+        raise AssertionError(
+            f"Sum accuracy on held-out (digit, side value) pairs is {unseen_accuracy:.4f}, "
+            f"{seen_accuracy - unseen_accuracy:.4f} below the {seen_accuracy:.4f} of seen "
+            f"pairs (accepted drop: {max_drop}): the model may have memorised the pairs "
+            "it saw instead of adding the digit and the side input."
+        )
+    return seen_accuracy, unseen_accuracy
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"Expected `{name}` to be a number in [0, 1], got {value!r}.")

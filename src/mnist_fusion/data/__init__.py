@@ -1,6 +1,12 @@
 """Datasets and loaders: MNIST files, side inputs, and the datasets that pair them."""
 
 from mnist_fusion.data.batched import MNIST_MEAN, MNIST_STD, BatchLoader, TensorFusionDataset
+from mnist_fusion.data.combinations import (
+    TensorSubset,
+    combination_columns,
+    held_out_pairs,
+    split_by_combinations,
+)
 from mnist_fusion.data.idx import IDXFormatError, parse_idx, read_idx, write_idx
 from mnist_fusion.data.mnist_sum import MNISTSum, default_transform, side_seed
 from mnist_fusion.data.pairing import TARGETS, FusionDataset
@@ -30,13 +36,17 @@ __all__ = [
     "RandomUniform",
     "SideTensor",
     "TensorFusionDataset",
+    "TensorSubset",
     "TwoImageAddition",
+    "combination_columns",
     "default_transform",
+    "held_out_pairs",
     "parse_idx",
     "prepare_mnist",
     "read_idx",
     "resolve_mnist_root",
     "side_seed",
+    "split_by_combinations",
     "verify_mnist",
     "write_idx",
 ]
