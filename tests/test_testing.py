@@ -53,6 +53,35 @@ def test_check_with_workers():
     check_pairing(fused, num_workers=2, batch_size=3)
 
 
+@given(fused_datasets(max_size=10, names=["a", "b"]))
+def test_check_passes_on_named(fused):
+    check_pairing(
+        fused, expected_targets={"sum": lambda label, side: label + side["a"] + side["b"]}
+    )
+
+
+@given(image_datasets(min_size=2, max_size=10), st.data())
+def test_check_catches_shifted_named_side(images, data):
+    values = data.draw(side_inputs(len(images)))
+    if torch.equal(values, values.roll(-1)):
+        return  # A constant side input cannot show a shift.
+    fused = FusionDataset(images, {"a": torch.zeros(len(images)), "b": _ShiftedSide(values)})
+    with pytest.raises(AssertionError, match="Pairing broken at index"):
+        check_pairing(fused, side={"a": torch.zeros(len(images)), "b": values})
+
+
+def test_check_named_continuous_with_workers():
+    images = TensorDataset(torch.rand(20, 1, 2, 2), torch.arange(20) % 10)
+    side = {"x": torch.linspace(0, 1, 20), "d": torch.arange(20) % 3}
+    fused = FusionDataset(images, side)
+    check_pairing(
+        fused,
+        expected_targets={"sum": lambda label, side: label + side["x"] + side["d"]},
+        num_workers=2,
+        batch_size=3,
+    )
+
+
 @given(side_inputs(7, low=2, high=4))
 def test_side_inputs_in_range(side):
     assert side.dtype == torch.int64

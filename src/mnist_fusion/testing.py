@@ -105,7 +105,13 @@ def side_inputs(length: int, *, low: int = 0, high: int = 9) -> st.SearchStrateg
 
 @st.composite
 def fused_datasets(
-    draw: st.DrawFn, *, min_size: int = 0, max_size: int = 16, low: int = 0, high: int = 9
+    draw: st.DrawFn,
+    *,
+    min_size: int = 0,
+    max_size: int = 16,
+    low: int = 0,
+    high: int = 9,
+    names: Sequence[str] | None = None,
 ) -> FusionDataset:
     """Draw a :class:`FusionDataset` over :func:`image_datasets` and :func:`side_inputs`.
 
@@ -115,6 +121,8 @@ def fused_datasets(
         max_size: Maximum number of items.
         low: Smallest side value.
         high: Largest side value.
+        names: Names of several side inputs, each drawn independently; None gives one
+            unnamed side input.
 
     Returns:
         A strategy of fused datasets with the default ``digit`` and ``sum`` targets.
@@ -125,9 +133,16 @@ def fused_datasets(
         ... def test(fused):
         ...     assert int(fused[0]["sum"]) == int(fused[0]["digit"] + fused[0]["side"])
         >>> test()
+        >>> @given(fused_datasets(min_size=1, max_size=4, names=["a", "b"]))
+        ... def test_named(fused):
+        ...     side = fused[0]["side"]
+        ...     assert int(fused[0]["sum"]) == int(fused[0]["digit"] + side["a"] + side["b"])
+        >>> test_named()
     """
     images = draw(image_datasets(min_size=min_size, max_size=max_size))
-    side = draw(side_inputs(len(images), low=low, high=high))
+    if names is None:
+        return FusionDataset(images, draw(side_inputs(len(images), low=low, high=high)))
+    side = {name: draw(side_inputs(len(images), low=low, high=high)) for name in names}
     return FusionDataset(images, side)
 
 
@@ -135,7 +150,7 @@ def check_pairing(
     fused: FusionDataset,
     *,
     images: Dataset | None = None,
-    side: Dataset | None = None,
+    side: Dataset | Mapping[str, Dataset] | None = None,
     expected_targets: Mapping[str, Any] | None = None,
     num_workers: int = 0,
     batch_size: int = 4,
@@ -150,9 +165,11 @@ def check_pairing(
     Args:
         fused: The dataset under test.
         images: Independent source of ``(image, label)`` pairs to compare against.
-        side: Independent source of side inputs to compare against.
+        side: Independent source of side inputs to compare against: a dataset, or a
+            mapping of name to dataset for named side inputs.
         expected_targets: Optional mapping of target name to a callable
-            ``(label, side) -> value`` written independently of the dataset's own.
+            ``(label, side) -> value`` written independently of the dataset's own;
+            ``side`` is a dict of tensors for named side inputs.
         num_workers: DataLoader workers for the shuffled-epoch check.
         batch_size: Batch size of that DataLoader.
 
@@ -175,11 +192,10 @@ def check_pairing(
         if fused.transform is not None:
             image = fused.transform(image)
         _expect(torch.equal(sample["image"], torch.as_tensor(image)), index, "image")
-        _expect(int(sample["side"]) == int(side[index]), index, "side")
+        side_value = _side_at(side, index)
+        _expect(_values_equal(sample["side"], side_value), index, "side")
         for name, target_fn in targets.items():
-            expected = torch.as_tensor(
-                target_fn(torch.as_tensor(label), torch.as_tensor(side[index]))
-            )
+            expected = torch.as_tensor(target_fn(torch.as_tensor(label), side_value))
             _expect(torch.equal(sample[name], expected.to(sample[name].dtype)), index, name)
         _expect(_samples_equal(sample, fused[index]), index, "a second read")
 
@@ -189,13 +205,13 @@ def check_pairing(
 def _check_shuffled_epoch(fused: FusionDataset, *, num_workers: int, batch_size: int) -> None:
     if len(fused) == 0:
         return
-    names = [name for name in fused[0] if name != "image"]
-    expected = Counter(tuple(int(fused[i][name]) for name in names) for i in range(len(fused)))
+    names = list(_flat_fields(fused[0]))
+    expected = Counter(tuple(_flat_fields(fused[i]).values()) for i in range(len(fused)))
 
     loader = DataLoader(fused, batch_size=batch_size, shuffle=True, num_workers=num_workers)
-    seen: Counter[tuple[int, ...]] = Counter()
+    seen: Counter[tuple[float, ...]] = Counter()
     for batch in loader:
-        columns = [batch[name].tolist() for name in names]
+        columns = [column.tolist() for column in _flat_columns(batch).values()]
         seen.update(tuple(row) for row in zip(*columns, strict=True))
     if seen != expected:
         raise AssertionError(
@@ -204,9 +220,45 @@ def _check_shuffled_epoch(fused: FusionDataset, *, num_workers: int, batch_size:
         )
 
 
-def _samples_equal(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> bool:
+def _side_at(side: Dataset | Mapping[str, Dataset], index: int) -> Any:
+    if isinstance(side, Mapping):
+        return {name: torch.as_tensor(source[index]) for name, source in side.items()}
+    return torch.as_tensor(side[index])
+
+
+def _values_equal(first: Any, second: Any) -> bool:
+    """Compare tensors, or dicts of tensors key by key, by value and not by dtype."""
+    if isinstance(first, Mapping) or isinstance(second, Mapping):
+        return (
+            isinstance(first, Mapping)
+            and isinstance(second, Mapping)
+            and first.keys() == second.keys()
+            and all(_values_equal(first[key], second[key]) for key in first)
+        )
+    first, second = torch.as_tensor(first), torch.as_tensor(second)
+    return first.shape == second.shape and bool((first == second).all())
+
+
+def _flat_fields(sample: Mapping[str, Any]) -> dict[str, float]:
+    """Return the scalar fields of a sample, named side inputs as ``side.NAME``."""
+    return {name: value.item() for name, value in _flat_columns(sample).items()}
+
+
+def _flat_columns(sample: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    columns = {}
+    for name, value in sample.items():
+        if name == "image":
+            continue
+        if isinstance(value, Mapping):
+            columns.update({f"{name}.{key}": part for key, part in value.items()})
+        else:
+            columns[name] = value
+    return columns
+
+
+def _samples_equal(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
     return first.keys() == second.keys() and all(
-        torch.equal(torch.as_tensor(first[k]), torch.as_tensor(second[k])) for k in first
+        _values_equal(first[key], second[key]) for key in first
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -19,6 +19,14 @@ MNIST_MEAN = 0.1307
 
 MNIST_STD = 0.3081
 """Standard deviation of the MNIST training pixels, after scaling to [0, 1]."""
+
+
+class BatchSource(Protocol):
+    """What :class:`BatchLoader` reads: a length and whole batches by index tensor."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor) -> dict[str, Any]: ...
 
 
 class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
@@ -216,7 +224,9 @@ class BatchLoader:
     :func:`~mnist_fusion.distributed.check_training_split`).
 
     Args:
-        dataset: The tensor-resident dataset.
+        dataset: The tensor-resident dataset: a :class:`TensorFusionDataset`, or any
+            object with ``__len__`` and ``batch(indices)`` (such as a
+            :class:`~mnist_fusion.data.TensorSubset`).
         batch_size: Samples per batch, over all ranks together; each rank's batches
             hold ``batch_size // world_size`` of them.
         shuffle: Draw a new permutation each epoch.
@@ -241,7 +251,7 @@ class BatchLoader:
 
     def __init__(
         self,
-        dataset: TensorFusionDataset,
+        dataset: BatchSource,
         *,
         batch_size: int,
         shuffle: bool = False,
