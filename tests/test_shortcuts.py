@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -447,3 +448,29 @@ def test_example_runs_on_tiny_mnist(tiny_mnist_root: Path, tmp_path: Path):
     table = (tmp_path / "shortcuts.md").read_text().splitlines()
     assert len(table) == 2 + len(rows)
     assert table[-1].startswith("| exact |")
+
+
+def test_sensitivity_leaves_out_missing_rows():
+    specs = {"a": SideSpec.categorical(10), "b": SideSpec.categorical(10)}
+    model = FusionModel(
+        FusionModelConfig(head=FusionHeadConfig(side_inputs=specs, sum_head="exact"))
+    )
+    missing_b = torch.arange(16) >= 8
+    side = {"a": torch.arange(16) % 10, "b": torch.where(missing_b, -5, 3)}
+    batch = {"image": torch.randn(16, 1, 28, 28), "side": side, "missing": {"b": missing_b}}
+
+    # Changing b where it is missing cannot move a prediction, so those rows are not counted.
+    assert evaluate_side_sensitivity(model, [batch]) == {"a": 1.0, "b": 1.0}
+
+
+def test_sensitivity_input_always_missing():
+    model = FusionModel(FusionModelConfig(head=FusionHeadConfig(sum_head="exact")))
+    batch = {
+        "image": torch.randn(4, 1, 28, 28),
+        "side": torch.tensor([1, 2, 3, 4]),
+        "missing": torch.ones(4, dtype=torch.bool),
+    }
+    with pytest.raises(
+        ValueError, match=re.escape("no sample in which side input(s) ['side'] are present")
+    ):
+        evaluate_side_sensitivity(model, [batch])

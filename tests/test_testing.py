@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import Dataset, TensorDataset
 
-from mnist_fusion.data import FusionDataset
+from mnist_fusion.data import FusionDataset, TensorFusionDataset
 from mnist_fusion.testing import check_pairing, fused_datasets, image_datasets, side_inputs
 
 
@@ -88,3 +88,31 @@ def test_side_inputs_in_range(side):
     assert side.shape == (7,)
     assert int(side.min()) >= 2
     assert int(side.max()) <= 4
+
+
+def test_check_float_target_tolerates_order():
+    images = TensorDataset(torch.rand(30, 1, 2, 2), torch.arange(30) % 10)
+    side = {"a": torch.arange(30) % 10, "x": torch.linspace(0.01, 0.99, 30)}
+    fused = FusionDataset(images, side)
+
+    # The dataset adds a + x to the label; this formula adds them in another order.
+    check_pairing(
+        fused, expected_targets={"sum": lambda label, side: side["x"] + (label + side["a"])}
+    )
+
+
+def test_check_float_target_still_catches_errors():
+    images = TensorDataset(torch.rand(4, 1, 2, 2), torch.arange(4))
+    fused = FusionDataset(images, {"x": torch.tensor([0.1, 0.2, 0.3, 0.4])})
+    with pytest.raises(AssertionError, match="index 0: sum does not match"):
+        check_pairing(fused, expected_targets={"sum": lambda label, side: label + side["x"] + 1e-3})
+
+
+def test_check_rejects_tensor_dataset():
+    data = TensorFusionDataset(
+        torch.zeros(2, 2, 2, dtype=torch.uint8), torch.arange(2), torch.arange(2)
+    )
+    with pytest.raises(
+        TypeError, match="check_pairing checks a FusionDataset, but got TensorFusionDataset"
+    ):
+        check_pairing(data)

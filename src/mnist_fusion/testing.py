@@ -173,8 +173,13 @@ def check_pairing(
         num_workers: DataLoader workers for the shuffled-epoch check.
         batch_size: Batch size of that DataLoader.
 
+    Floating-point targets (of continuous side inputs) are compared with
+    ``torch.isclose`` at its default tolerances, because an independent formula may
+    add the same terms in another order; everything else must be equal.
+
     Raises:
         AssertionError: Naming the index and the field that disagree.
+        TypeError: If ``fused`` is not a :class:`FusionDataset`.
 
     Examples:
         >>> fused = FusionDataset(
@@ -182,6 +187,12 @@ def check_pairing(
         ...     torch.tensor([4, 5, 6]))
         >>> check_pairing(fused, expected_targets={"sum": lambda label, side: label + side})
     """
+    if not isinstance(fused, FusionDataset):
+        raise TypeError(
+            f"check_pairing checks a FusionDataset, but got {type(fused).__name__}; a "
+            "TensorFusionDataset builds its samples from its own tensors, so compare its "
+            "batch() with them instead."
+        )
     images = fused.images if images is None else images
     side = fused.side if side is None else side
     targets = expected_targets or {}
@@ -196,7 +207,7 @@ def check_pairing(
         _expect(_values_equal(sample["side"], side_value), index, "side")
         for name, target_fn in targets.items():
             expected = torch.as_tensor(target_fn(torch.as_tensor(label), side_value))
-            _expect(torch.equal(sample[name], expected.to(sample[name].dtype)), index, name)
+            _expect(_target_matches(sample[name], expected), index, name)
         _expect(_samples_equal(sample, fused[index]), index, "a second read")
 
     _check_shuffled_epoch(fused, num_workers=num_workers, batch_size=batch_size)
@@ -218,6 +229,13 @@ def _check_shuffled_epoch(fused: FusionDataset, *, num_workers: int, batch_size:
             f"One shuffled epoch yielded a different multiset of {names} than the dataset: "
             f"missing {dict(expected - seen)}, extra {dict(seen - expected)}."
         )
+
+
+def _target_matches(value: torch.Tensor, expected: torch.Tensor) -> bool:
+    expected = expected.to(value.dtype)
+    if value.is_floating_point():
+        return value.shape == expected.shape and bool(torch.isclose(value, expected).all())
+    return torch.equal(value, expected)
 
 
 def _side_at(side: Dataset | Mapping[str, Dataset], index: int) -> Any:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
 
 from mnist_fusion.data import (
+    BatchLoader,
     FusionDataset,
     RandomDigits,
     RandomUniform,
@@ -70,8 +71,43 @@ def test_named_mapping_empty():
 
 
 def test_named_mapping_bad_name():
-    with pytest.raises(TypeError, match="non-empty strings, got 3"):
+    with pytest.raises(TypeError, match="names to be strings, got 3"):
         FusionDataset(labelled_images([1]), {3: [0]})
+
+
+@pytest.mark.parametrize("name", ["", "a.b", "__class__", "parameters"])
+def test_named_mapping_invalid_name(name):
+    with pytest.raises(ValueError, match=re.escape(f"Invalid side input name {name!r}")):
+        FusionDataset(labelled_images([1]), {name: [0]})
+    with pytest.raises(ValueError, match=re.escape(f"Invalid side input name {name!r}")):
+        TensorFusionDataset(
+            torch.zeros(1, 2, 2, dtype=torch.uint8), torch.arange(1), {name: torch.arange(1)}
+        )
+
+
+def test_side_list_of_tensors_names_fix():
+    with pytest.raises(TypeError, match="for several side inputs pass a mapping"):
+        FusionDataset(labelled_images([1, 2]), [torch.tensor([0, 1]), torch.tensor([1, 0])])
+
+
+def test_bool_side_rejected():
+    with pytest.raises(
+        ValueError, match="Expected integer or real side inputs, but got dtype torch.bool"
+    ):
+        FusionDataset(labelled_images([1]), {"a": torch.tensor([True])})
+
+
+def test_random_uniform_values_at_matches_cache():
+    side = RandomUniform(50, seed=9, low=-1.0, high=1.0)
+    assert torch.equal(side.values_at(torch.arange(50)), side.values)
+    assert torch.equal(
+        side.values_at(torch.tensor([70]))[0], RandomUniform(80, seed=9, low=-1.0, high=1.0)[70]
+    )
+
+
+def test_batch_loader_rejects_per_item_dataset():
+    with pytest.raises(TypeError, match="FusionDataset lacks; pass a TensorFusionDataset"):
+        BatchLoader(FusionDataset(labelled_images([1]), [0]), batch_size=1)
 
 
 def test_missing_is_reserved_target():

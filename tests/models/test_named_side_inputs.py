@@ -355,3 +355,72 @@ def test_fourier_encoding_has_no_parameters():
     assert list(encoding.parameters()) == []
     assert encoding.state_dict() == {}
     torch.testing.assert_close(codes[:, :4].square() + codes[:, 4:].square(), torch.ones(2, 4))
+
+
+def test_spec_order_does_not_change_layout():
+    forward_order = {"z": SideSpec.categorical(10), "a": SideSpec.categorical(10)}
+    model = model_with(forward_order, combine="attention")
+    reordered = FusionModelConfig.from_dict(
+        {
+            "encoder": model.config.encoder.__dict__,
+            "head": {
+                **model.config.head.__dict__,
+                "side_inputs": dict(reversed(list(model.config.head.side_inputs.items()))),
+            },
+        }
+    )
+    other = FusionModel(reordered).eval()
+    other.load_state_dict(model.state_dict())
+    side = {"z": torch.tensor([3, 7]), "a": torch.tensor([0, 9])}
+
+    assert list(model.config.head.side_inputs) == ["a", "z"]
+    assert reordered == model.config
+    torch.testing.assert_close(other(images(2), side).sum, model(images(2), side).sum)
+
+
+def test_head_config_hashes_with_side_inputs():
+    first = FusionHeadConfig(
+        side_inputs={"a": SideSpec.categorical(2), "b": SideSpec.categorical(3)}
+    )
+    second = FusionHeadConfig(
+        side_inputs={"b": SideSpec.categorical(3), "a": SideSpec.categorical(2)}
+    )
+
+    assert hash(first) == hash(second)
+    assert len({first, second, FusionHeadConfig()}) == 2
+
+
+def test_missing_and_unknown_names_reported_together():
+    model = model_with(TWO_DIGITS, sum_head="exact")
+    with pytest.raises(
+        ValueError,
+        match=re.escape("['b'] are missing from the mapping, and unknown input(s) [0] were given"),
+    ):
+        model(images(2), {0: torch.tensor([1, 2]), "a": torch.tensor([1, 2])})
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_image_dtype_must_match_weights(dtype):
+    model = model_with(TWO_DIGITS, sum_head="exact")
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"Expected images of dtype torch.float32, the dtype of the model's weights, but got {dtype}"
+        ),
+    ):
+        model(images(2).to(dtype), two_digits(2))
+
+
+def test_image_dtype_follows_model():
+    model = model_with(TWO_DIGITS, sum_head="exact").double()
+
+    output = model(images(2).double(), two_digits(2))
+
+    assert output.sum_logits.dtype == torch.float64
+
+
+def test_autocast_admits_float32_images():
+    model = model_with(TWO_DIGITS, sum_head="exact")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(images(2), two_digits(2))
+    assert output.digit_logits.dtype == torch.bfloat16

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from mnist_fusion.data.pairing import TargetFn, _resolve_targets
 from mnist_fusion.data.side import _check_index, _check_int
 from mnist_fusion.distributed import _check_batch_divides, _check_shard
+from mnist_fusion.models.side_spec import check_side_name
 
 __all__ = ["BatchLoader", "TensorFusionDataset", "MNIST_MEAN", "MNIST_STD"]
 
@@ -76,6 +77,9 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
         named = dict(side) if isinstance(side, Mapping) else {"side": side}
         if not named:
             raise ValueError("Expected at least one side input in the mapping, got none.")
+        if isinstance(side, Mapping):
+            for name in named:
+                check_side_name(name)
         columns = {"labels": labels, **named}
         for name, tensor in (("images", images), *columns.items()):
             if not isinstance(tensor, torch.Tensor):
@@ -262,6 +266,12 @@ class BatchLoader:
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Expected `batch_size` to be a positive integer, got {batch_size!r}.")
+        if not callable(getattr(dataset, "batch", None)):
+            raise TypeError(
+                f"BatchLoader reads whole batches with dataset.batch(indices), which "
+                f"{type(dataset).__name__} lacks; pass a TensorFusionDataset (such as "
+                "MNISTSum(...).as_tensors()), or load this dataset with a torch DataLoader."
+            )
         self.rank, self.world_size = _check_shard(rank, world_size)
         _check_batch_divides(batch_size, world_size)
         self.dataset = dataset

@@ -16,6 +16,7 @@ from mnist_fusion.data.side import (
     _check_index,
     as_side_dataset,
 )
+from mnist_fusion.models.side_spec import check_side_name
 
 __all__ = ["FusionDataset", "TARGETS", "TargetFn"]
 
@@ -204,8 +205,7 @@ def _as_side_sources(side: SideSource | Mapping[str, SideSource]) -> Dataset | d
         raise ValueError("Expected at least one side input in the mapping, got none.")
     sources = {}
     for name, source in side.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"Expected side input names to be non-empty strings, got {name!r}.")
+        check_side_name(name)
         sources[name] = as_side_dataset(source, continuous=True)
     return sources
 

@@ -54,6 +54,19 @@ def _check_seed(seed: object, *, low: int = _SEED_MIN, high: int = _SEED_MAX) ->
     return seed
 
 
+def _check_stream_indices(indices: torch.Tensor) -> torch.Tensor:
+    indices = torch.as_tensor(indices)
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise TypeError(f"Expected integer indices, but got dtype {indices.dtype}.")
+    if indices.numel() and int(indices.min()) < 0:
+        # Negative indices count from the end, and the stream has no end.
+        raise ValueError(
+            f"Expected indices >= 0, but got {int(indices.min())}; use "
+            "`side[i]` for indices counted from the end."
+        )
+    return indices
+
+
 class _SeededValues(Dataset[torch.Tensor]):
     """Values computed once from ``(seed, index)`` and read from the ``values`` tensor."""
 
@@ -61,6 +74,22 @@ class _SeededValues(Dataset[torch.Tensor]):
     seed: int
     low: float
     high: float
+
+    def values_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """Compute the values at ``indices`` from the hash, without the cache.
+
+        Indices may exceed the length: the stream is defined for every index >= 0.
+
+        Raises:
+            TypeError: If ``indices`` are not integers.
+            ValueError: If an index is negative.
+        """
+        indices = _check_stream_indices(indices)
+        hashed = hash_indices(self.seed, indices.cpu().numpy().astype(np.int64))
+        return self._from_hash(hashed)
+
+    def _from_hash(self, hashed: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.values)
@@ -120,25 +149,7 @@ class RandomDigits(_SeededValues):
         # Computed once for speed; `values_at` is the definition and gives the same numbers.
         self.values = self.values_at(torch.arange(length))
 
-    def values_at(self, indices: torch.Tensor) -> torch.Tensor:
-        """Compute the values at ``indices`` from the hash, without the cache.
-
-        Indices may exceed the length: the stream is defined for every index >= 0.
-
-        Raises:
-            TypeError: If ``indices`` are not integers.
-            ValueError: If an index is negative.
-        """
-        indices = torch.as_tensor(indices)
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise TypeError(f"Expected integer indices, but got dtype {indices.dtype}.")
-        if indices.numel() and int(indices.min()) < 0:
-            # Negative indices count from the end, and the stream has no end.
-            raise ValueError(
-                f"Expected indices >= 0, but got {int(indices.min())}; use "
-                "`side[i]` for indices counted from the end."
-            )
-        hashed = hash_indices(self.seed, indices.cpu().numpy().astype(np.int64))
+    def _from_hash(self, hashed: np.ndarray) -> torch.Tensor:
         span = np.uint64(self.high - self.low + 1)
         return torch.from_numpy((hashed % span).astype(np.int64)) + self.low
 
@@ -178,12 +189,15 @@ class RandomUniform(_SeededValues):
         self.seed = seed
         self.low = float(low)
         self.high = float(high)
-        hashed = hash_indices(seed, np.arange(length, dtype=np.int64))
+        # Computed once for speed; `values_at` is the definition and gives the same numbers.
+        self.values = self.values_at(torch.arange(length))
+
+    def _from_hash(self, hashed: np.ndarray) -> torch.Tensor:
         unit = (hashed >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
         values = torch.from_numpy(unit) * (self.high - self.low) + self.low
         # Rounding of the scaled value can reach `high` for a narrow range; keep it below.
         below_high = torch.nextafter(torch.tensor(self.high), torch.tensor(-np.inf))
-        self.values = values.clamp(max=float(below_high))
+        return values.clamp(max=float(below_high))
 
 
 class SideTensor(Dataset[torch.Tensor]):
@@ -209,16 +223,29 @@ class SideTensor(Dataset[torch.Tensor]):
     def __init__(
         self, values: torch.Tensor | Sequence[int] | Sequence[float], *, continuous: bool = False
     ) -> None:
-        tensor = torch.as_tensor(values)
+        try:
+            tensor = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                f"Expected side inputs as a 1-D tensor or a sequence of numbers, but could "
+                f"not convert the {type(values).__name__} given ({error}); for several side "
+                "inputs pass a mapping of name to values."
+            ) from None
         if not isinstance(values, torch.Tensor | np.ndarray) and tensor.numel() == 0:
             # An empty sequence has no dtype of its own, and torch would make it float.
             tensor = tensor.to(torch.float32 if continuous else torch.int64)
         floating = tensor.is_floating_point()
-        if (floating and not continuous) or tensor.is_complex() or tensor.dtype == torch.bool:
+        if tensor.is_complex() or tensor.dtype == torch.bool:
             raise ValueError(
-                f"Expected integer side inputs, but got dtype {tensor.dtype}; "
-                "cast them to an integer dtype (`.long()` for a tensor) if they hold whole "
-                "numbers, or pass continuous=True for real values."
+                f"Expected integer or real side inputs, but got dtype {tensor.dtype}; "
+                "convert them with `.long()`."
+            )
+        if floating and not continuous:
+            raise ValueError(
+                f"Expected integer side inputs, but got dtype {tensor.dtype}; cast them to "
+                "an integer dtype (`.long()` for a tensor) if they hold whole numbers. Real "
+                "values are continuous side inputs: name them in a mapping of side inputs "
+                "(or build SideTensor(values, continuous=True))."
             )
         if tensor.ndim != 1:
             raise ValueError(

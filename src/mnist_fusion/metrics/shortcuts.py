@@ -182,6 +182,11 @@ def evaluate_side_sensitivity(
     in eval mode and its mode is restored. Batches are moved to the device of the
     model's first parameter.
 
+    A batch's ``missing`` entry (one mask, or masks by name) is passed to the model
+    with both predictions, and the rows where the changed input is missing are left
+    out of its fraction: the model never sees that input there, so its prediction
+    cannot follow it.
+
     The result is reproducible: the same model, the same batches in the same order and
     a generator in the same state give the same fractions. The default generator is a
     new one seeded with 0, not torch's global one.
@@ -217,21 +222,32 @@ def evaluate_side_sensitivity(
 
     for batch in batches:
         image, side = _unpack_batch(batch, device)
-        _, sum_pred = model.predict(image, side)
+        missing = _missing_masks(batch, list(specs), device)
+        _, sum_pred = model.predict(image, side, missing=missing)
         side_map = model.head.as_mapping(side)
         for name in checked:
-            changed = counterfactual_side(side_map[name], specs[name], generator, name=name)
+            present = ~missing[name] if missing and name in missing else None
+            # Placeholders of missing rows may lie outside the spec; draw from 0 there.
+            original = side_map[name] if present is None else side_map[name] * present
+            changed = counterfactual_side(original, specs[name], generator, name=name)
+            if present is not None:
+                changed = torch.where(present, changed, side_map[name])
             counterfactual = _replace_input(side, name, changed)
-            _, counterfactual_pred = model.predict(image, counterfactual)
-            metrics[name].update(sum_pred, counterfactual_pred, changed - side_map[name])
+            _, counterfactual_pred = model.predict(image, counterfactual, missing=missing)
+            rows = slice(None) if present is None else present
+            metrics[name].update(
+                sum_pred[rows], counterfactual_pred[rows], (changed - side_map[name])[rows]
+            )
 
     # compute() sums the counts over the processes of a process group, so a process
     # whose shard is empty still gets the fraction of the whole set.
     fractions = {name: float(metric.compute()) for name, metric in metrics.items()}
-    if any(math.isnan(fraction) for fraction in fractions.values()):
+    undefined = [name for name, fraction in fractions.items() if math.isnan(fraction)]
+    if undefined:
         raise ValueError(
-            "The batches yielded no sample, so the side sensitivity is undefined; pass a "
-            "non-empty loader."
+            f"The batches yielded no sample in which side input(s) {undefined} are present, "
+            "so their side sensitivity is undefined; pass a non-empty loader, or leave out "
+            "inputs that are always missing with `names=`."
         )
     return fractions
 
@@ -288,6 +304,28 @@ def _unpack_batch(
             f"{type(side).__name__}."
         )
     return image.to(device), side.to(device)
+
+
+def _missing_masks(
+    batch: Mapping[str, object], names: list[str], device: torch.device
+) -> dict[str, torch.Tensor] | None:
+    """Return a batch's ``missing`` masks by name, on ``device``; None if it has none."""
+    missing = batch.get("missing")
+    if missing is None:
+        return None
+    if isinstance(missing, torch.Tensor):
+        if len(names) != 1:
+            raise ValueError(
+                f"Got one `missing` mask, but the model declares the side inputs {names}; "
+                "give the batch a mapping of name to mask."
+            )
+        return {names[0]: missing.to(device)}
+    if not isinstance(missing, Mapping):
+        raise TypeError(
+            f"Expected the batch's `missing` to be a mask or a mapping of name to mask, got "
+            f"{type(missing).__name__}."
+        )
+    return {name: mask.to(device) for name, mask in missing.items()}
 
 
 def _replace_input(

@@ -326,6 +326,13 @@ class FusionModel(nn.Module):
                 "pixels to [0, 1] and normalise them first, as the datasets in "
                 "mnist_fusion.data do."
             )
+        weight_dtype = next(self.encoder.parameters()).dtype
+        if image.dtype != weight_dtype and not _autocasting(image.device.type):
+            raise ValueError(
+                f"Expected images of dtype {weight_dtype}, the dtype of the model's weights, "
+                f"but got {image.dtype}; convert the images with .to({weight_dtype}), the "
+                f"model with .to({image.dtype}), or run under torch.autocast."
+            )
 
     def _check_second_image(
         self, image: torch.Tensor, side: SideInputs | None, second_image: torch.Tensor
@@ -372,6 +379,14 @@ class FusionModel(nn.Module):
                 f"Side value {bad} is outside [0, {self.config.head.num_side_values - 1}]; "
                 "raise `num_side_values` in FusionHeadConfig to accept it."
             )
+
+
+def _autocasting(device_type: str) -> bool:
+    """Return whether autocast, which casts inputs per operation, is on for the device."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch releases before 2.4 take no device type
+        return torch.is_autocast_enabled()
 
 
 def predicted_digit(output: FusionOutput) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from mnist_fusion.models._checks import check_choice
 from mnist_fusion.models.side_encoding import SIDE_ENCODINGS
@@ -60,7 +60,8 @@ class FusionHeadConfig:
         side_inputs: Named side inputs ``{name: SideSpec}``; None means one categorical
             input named ``"side"`` described by the three ``side_`` fields above, which
             must then keep their defaults. A dict of dicts (as :meth:`SideSpec.to_dict`
-            writes) is converted to specs.
+            writes) is converted to specs. The inputs are stored sorted by name, so two
+            configs that compare equal build heads with the same weight layout.
         max_sum: Largest value of the sum target. None derives it as the largest digit
             plus the largest value of each categorical input, which needs every input to
             be categorical. Declare it when the target is another function of the inputs.
@@ -107,11 +108,17 @@ class FusionHeadConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected `{name}` >= 1, got {getattr(self, name)!r}.")
         if self.side_inputs is not None:
-            object.__setattr__(self, "side_inputs", specs_from_dict(self.side_inputs))
+            specs = specs_from_dict(self.side_inputs)
+            object.__setattr__(self, "side_inputs", dict(sorted(specs.items())))
             self._check_single_fields_unset()
         self._check_max_sum()
         if self.sum_head == "exact":
             self._check_exact()
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on the side_inputs dict.
+        values = [getattr(self, field.name) for field in fields(self)]
+        return hash(tuple(tuple(v.items()) if isinstance(v, Mapping) else v for v in values))
 
     def side_specs(self) -> dict[str, SideSpec]:
         """Return the declared side inputs as ``{name: SideSpec}``, in their order.

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from mnist_fusion.models._checks import check_choice, is_tracing
 
@@ -17,6 +18,7 @@ __all__ = [
     "SIDE_KINDS",
     "SideSpec",
     "check_side_inputs",
+    "check_side_name",
     "specs_from_dict",
 ]
 
@@ -46,7 +48,8 @@ class SideSpec:
         high: Bound above every value (exclusive); continuous only.
         encoding: ``"one_hot"`` or ``"embedding"`` for a categorical input,
             ``"linear"`` (a learned projection of the scaled value) or ``"fourier"``
-            (fixed sines and cosines of the scaled value) for a continuous one.
+            (fixed sines and cosines of the scaled value) for a continuous one. None
+            picks the first of the kind's encodings.
         dim: Width of an ``"embedding"``, ``"linear"`` or ``"fourier"`` code; even for
             ``"fourier"``, which uses ``dim / 2`` frequencies.
         prior: Probability of each category, which the exact sum head averages over
@@ -72,7 +75,7 @@ class SideSpec:
     cardinality: int | None = None
     low: float | None = None
     high: float | None = None
-    encoding: str = "one_hot"
+    encoding: str | None = None
     dim: int = 16
     prior: tuple[float, ...] | None = None
 
@@ -211,7 +214,9 @@ class SideSpec:
             )
 
     def _check_categorical(self) -> None:
-        check_choice("encoding", self.encoding, CATEGORICAL_ENCODINGS)
+        if self.encoding is None:
+            object.__setattr__(self, "encoding", CATEGORICAL_ENCODINGS[0])
+        check_choice("encoding", str(self.encoding), CATEGORICAL_ENCODINGS)
         cardinality = self.cardinality
         if isinstance(cardinality, bool) or not isinstance(cardinality, int) or cardinality < 1:
             raise ValueError(
@@ -245,10 +250,9 @@ class SideSpec:
             raise ValueError(f"Expected `prior` to sum to 1, but it sums to {sum(prior)!r}.")
 
     def _check_continuous(self) -> None:
-        if self.encoding == "one_hot":
-            # The field default belongs to the categorical kind.
-            object.__setattr__(self, "encoding", "linear")
-        check_choice("encoding", self.encoding, CONTINUOUS_ENCODINGS)
+        if self.encoding is None:
+            object.__setattr__(self, "encoding", CONTINUOUS_ENCODINGS[0])
+        check_choice("encoding", str(self.encoding), CONTINUOUS_ENCODINGS)
         if self.cardinality is not None or self.prior is not None:
             raise ValueError(
                 "A continuous side input has a range, not categories, so `cardinality` "
@@ -294,11 +298,7 @@ def specs_from_dict(data: Mapping[str, SideSpec | Mapping[str, Any]]) -> dict[st
         raise ValueError("Expected at least one side input in `side_inputs`, got none.")
     specs: dict[str, SideSpec] = {}
     for name, spec in data.items():
-        if not isinstance(name, str) or not name or "." in name:
-            # Names key the head's modules, and torch reserves "." in module names.
-            raise TypeError(
-                f"Expected side input names to be non-empty strings without '.', got {name!r}."
-            )
+        check_side_name(name)
         if isinstance(spec, Mapping):
             try:
                 spec = SideSpec(**spec)
@@ -310,6 +310,25 @@ def specs_from_dict(data: Mapping[str, SideSpec | Mapping[str, Any]]) -> dict[st
             )
         specs[name] = spec
     return specs
+
+
+def check_side_name(name: object) -> None:
+    """Raise unless ``name`` can name a side input in datasets, specs and the head.
+
+    Names key the head's ``nn.ModuleDict``, which rejects ``"."``, the empty string and
+    the names of its own attributes.
+
+    Raises:
+        TypeError: If ``name`` is not a string.
+        ValueError: If it is empty, contains ``"."`` or is an attribute of ``nn.ModuleDict``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"Expected side input names to be strings, got {name!r}.")
+    if not name or "." in name or hasattr(nn.ModuleDict(), name):
+        raise ValueError(
+            f"Invalid side input name {name!r}: expected a non-empty name without '.' that "
+            "is not an attribute of torch.nn.ModuleDict; rename the input."
+        )
 
 
 def check_side_inputs(
@@ -328,13 +347,14 @@ def check_side_inputs(
             values of missing rows are not range-checked.
     """
     absent = [name for name in specs if name not in side]
+    unknown = [name for name in side if name not in specs]
     if absent:
+        also = f", and unknown input(s) {unknown} were given" if unknown else ""
         raise ValueError(
-            f"Side input(s) {absent} are missing from the mapping; the model declares "
+            f"Side input(s) {absent} are missing from the mapping{also}; the model declares "
             f"{_listing(specs)}. Pass every declared input (a placeholder value where it "
             "is missing, with `missing=` marking those rows)."
         )
-    unknown = sorted(name for name in side if name not in specs)
     if unknown:
         raise ValueError(f"Unknown side input(s) {unknown}; the model declares {_listing(specs)}.")
 
