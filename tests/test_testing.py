@@ -116,3 +116,10 @@ def test_check_rejects_tensor_dataset():
         TypeError, match="check_pairing checks a FusionDataset, but got TensorFusionDataset"
     ):
         check_pairing(data)
+
+
+@pytest.mark.parametrize("names", ["ab", ["a", "a"]])
+@given(data=st.data())
+def test_fused_datasets_rejects_names(names, data):
+    with pytest.raises(ValueError, match="distinct names"):
+        data.draw(fused_datasets(names=names))

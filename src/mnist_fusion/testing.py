@@ -139,6 +139,8 @@ def fused_datasets(
         ...     assert int(fused[0]["sum"]) == int(fused[0]["digit"] + side["a"] + side["b"])
         >>> test_named()
     """
+    if isinstance(names, str) or (names is not None and len(set(names)) != len(names)):
+        raise ValueError(f"Expected `names` to be a sequence of distinct names, got {names!r}.")
     images = draw(image_datasets(min_size=min_size, max_size=max_size))
     if names is None:
         return FusionDataset(images, draw(side_inputs(len(images), low=low, high=high)))

@@ -356,7 +356,7 @@ def test_held_out_pairs_are_reproducible():
         ((10, 10, True), "number in"),
         ((10, 10, 0.001), "requests 0 of the 100 pairs"),
         ((10, 10, 0.9), "requests 90 of the 100 pairs, but between 1 and 82"),
-        ((1, 10, 0.5), "between 1 and 0 can be held out"),
+        ((1, 10, 0.5), "has no pair to hold out"),
         ((0, 10, 0.5), "`num_digits` >= 1, got 0"),
         ((10, 2.5, 0.5), "`num_side_values` to be an integer"),
     ],
@@ -373,3 +373,9 @@ def test_held_out_pairs_split_keeps_values_in_training():
     digits, side = combination_columns(seen)
     assert set(digits.tolist()) == set(range(10))
     assert set(side.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize(("num_digits", "num_side_values"), [(1, 1), (1, 5), (4, 1)])
+def test_held_out_pairs_single_row_grid(num_digits, num_side_values):
+    with pytest.raises(ValueError, match="has no pair to hold out"):
+        held_out_pairs(num_digits, num_side_values, 0.5)

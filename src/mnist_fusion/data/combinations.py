@@ -239,6 +239,12 @@ def _held_out_count(num_digits: int, num_side_values: int, fraction: float) -> i
         limit = 0
     else:
         limit = cells - (num_digits + num_side_values - 2)
+    if limit == 0:
+        raise ValueError(
+            f"A grid of {num_digits} digit(s) by {num_side_values} side value(s) has no pair "
+            "to hold out while every digit and side value keeps a pair in training; use at "
+            "least two digits and two side values."
+        )
     if count < 1 or count > limit:
         raise ValueError(
             f"`fraction`={fraction!r} requests {count} of the {cells} pairs, but between 1 "
