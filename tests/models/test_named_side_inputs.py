@@ -405,7 +405,8 @@ def test_image_dtype_must_match_weights(dtype):
     with pytest.raises(
         ValueError,
         match=re.escape(
-            f"Expected images of dtype torch.float32, the dtype of the model's weights, but got {dtype}"
+            f"Expected images of dtype torch.float32, the dtype of the model's weights, "
+            f"but got {dtype}"
         ),
     ):
         model(images(2).to(dtype), two_digits(2))
