@@ -22,7 +22,14 @@ import mnist_fusion
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
-GUIDES = ("quickstart.md", "datasets.md", "models.md", "training.md", "reference-experiment.md")
+GUIDES = (
+    "quickstart.md",
+    "datasets.md",
+    "models.md",
+    "side-inputs.md",
+    "training.md",
+    "reference-experiment.md",
+)
 
 # Modules documented on docs/api.md. The command line is documented in the quickstart.
 API_MODULES = (

@@ -84,6 +84,7 @@ def fit(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    side_dropout: float = 0.0,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` epochs and return one record per epoch.
 
@@ -132,6 +133,9 @@ def fit(
             epoch (model, loss, optimizer, scheduler, RNG and loader state, history).
         resume: Continue from the checkpoint in ``checkpoint_dir`` when there is one.
         progress: Show a progress bar; defaults to whether stderr is a terminal.
+        side_dropout: Probability in ``[0, 1)`` with which each side input of each
+            training sample is marked missing, drawn from torch's global RNG. Only the
+            exact sum head, which averages a missing input over its prior, admits it.
 
     Returns:
         The history: a list of per-epoch records, including those before a resume.
@@ -139,7 +143,8 @@ def fit(
     Raises:
         ValueError: For invalid arguments, ``resume`` without ``checkpoint_dir``, an
             ``eval_loader`` that shuffles or drops its last batch, or loss parameters
-            missing from an optimizer that has a scheduler. Inside a process group
+            missing from an optimizer that has a scheduler, or a ``side_dropout`` outside
+            ``[0, 1)`` or with a learned sum head. Inside a process group
             also for a loader that is not sharded for this process, a training split
             that gives the processes different step counts, or processes that resume
             from different epochs.
@@ -157,6 +162,7 @@ def fit(
         [1.0, 2.0]
     """
     _check_fit_arguments(epochs, scheduler_interval, resume, checkpoint_dir)
+    _check_side_dropout(side_dropout, model)
     if isinstance(model, DistributedDataParallel):
         raise ValueError(
             "fit got a DistributedDataParallel wrapper; pass the model itself (its .module), "
@@ -193,7 +199,7 @@ def fit(
         _set_sampler_epoch(train_loader, epoch)
         record = _train_one_epoch(
             train_model, train_loader, optimizer, loss_fn, scheduler, scheduler_interval,
-            device, grad_clip, epoch, epochs, show,
+            device, grad_clip, epoch, epochs, show, side_dropout,
         )  # fmt: skip
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
@@ -304,10 +310,53 @@ def evaluate(
 
 
 def _forward_batch(model: nn.Module, batch: Batch) -> Any:
-    """Run ``model`` on a batch: ``(image, side)``, or ``(image, second_image=...)``."""
+    """Run ``model`` on a batch: ``(image, side)``, or ``(image, second_image=...)``.
+
+    A ``missing`` entry (one mask, or masks by side input name) is passed on.
+    """
     if "side" not in batch and "second_image" in batch:
         return model(batch["image"], second_image=batch["second_image"])
+    if batch.get("missing") is not None:
+        return model(batch["image"], batch["side"], missing=batch["missing"])
     return model(batch["image"], batch["side"])
+
+
+def _drop_side_inputs(batch: Batch, rate: float) -> Batch:
+    """Return ``batch`` with each side input marked missing with probability ``rate``.
+
+    Drawn masks are combined with any ``missing`` masks the batch already has.
+    """
+    if rate == 0 or "side" not in batch:
+        return batch
+    side, given = batch["side"], batch.get("missing")
+    if isinstance(side, Mapping):
+        given = given if isinstance(given, Mapping) else {}
+        missing: Any = {
+            name: _dropout_mask(values, rate) | given.get(name, False)
+            for name, values in side.items()
+        }
+    else:
+        missing = _dropout_mask(side, rate)
+        if given is not None:
+            missing = missing | given
+    return {**batch, "missing": missing}
+
+
+def _dropout_mask(values: torch.Tensor, rate: float) -> torch.Tensor:
+    return torch.rand(values.shape, device=values.device) < rate
+
+
+def _check_side_dropout(rate: float, model: nn.Module) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+        raise ValueError(f"Expected `side_dropout` in [0, 1), got {rate!r}.")
+    sum_head = getattr(getattr(model, "config", None), "head", None)
+    sum_head = getattr(sum_head, "sum_head", None)
+    if rate > 0 and sum_head != "exact":
+        raise ValueError(
+            f"`side_dropout`={rate} marks side inputs missing, which only the exact sum head "
+            f"can predict without, but the model has sum_head={sum_head!r}; use "
+            "sum_head='exact' or leave side_dropout at 0."
+        )
 
 
 def _train_one_epoch(
@@ -322,6 +371,7 @@ def _train_one_epoch(
     epoch: int,
     epochs: int,
     show: bool,
+    side_dropout: float = 0.0,
 ) -> dict[str, float]:
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)
@@ -330,7 +380,7 @@ def _train_one_epoch(
 
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not show)
     for step, batch in enumerate(bar, start=1):
-        batch = _to_device(batch, device)
+        batch = _drop_side_inputs(_to_device(batch, device), side_dropout)
         loss = loss_fn(_forward_batch(model, batch), batch)
         if not torch.isfinite(loss.total):
             raise FloatingPointError(
@@ -367,8 +417,14 @@ def _train_one_epoch(
     }
 
 
-def _to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+def _to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
+    """Move every tensor of ``batch`` to ``device``; dicts of named side inputs too."""
+    return {
+        name: {key: part.to(device, non_blocking=True) for key, part in value.items()}
+        if isinstance(value, Mapping)
+        else value.to(device, non_blocking=True)
+        for name, value in batch.items()
+    }
 
 
 def _check_fit_arguments(

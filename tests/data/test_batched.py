@@ -401,7 +401,9 @@ def test_non_tensor_rejected(name):
 
 
 def test_length_mismatch():
-    with pytest.raises(ValueError, match=r"one length, but got 3, 2 and 3"):
+    with pytest.raises(
+        ValueError, match=r"but got 3 images and lengths \{'labels': 2, 'side': 3\}"
+    ):
         TensorFusionDataset(
             torch.zeros(3, 2, 2, dtype=torch.uint8), torch.arange(2), torch.arange(3)
         )

@@ -121,7 +121,7 @@ def test_head_gradient_reaches_fused_input(fuse):
             {"side_encoding": "onehot"},
             "`side_encoding`='onehot'; expected one of ['one_hot', 'embedding']",
         ),
-        ({"combine": "add"}, "`combine`='add'; expected one of ['concat', 'film']"),
+        ({"combine": "add"}, "`combine`='add'; expected one of ['concat', 'film', 'attention']"),
         ({"side_dim": 0}, "`side_dim` >= 1, got 0"),
         (
             {"sum_head": "exact", "fuse": "features"},
@@ -248,10 +248,10 @@ def test_embedding_side_code():
     head = FusionHead(config, num_classes=10, num_features=32)
     logits, features, side = make_inputs()
 
-    inputs = torch.cat([logits, head.side.embedding.weight[side]], dim=1)
+    inputs = torch.cat([logits, head.sides["side"].embedding.weight[side]], dim=1)
     expected = (head.linear(inputs) + head.mlp(inputs)).squeeze(-1)
 
-    assert head.side.embedding.weight.shape == (10, 5)
+    assert head.sides["side"].embedding.weight.shape == (10, 5)
     torch.testing.assert_close(head(logits, features, side), expected)
 
 

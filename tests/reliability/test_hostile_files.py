@@ -136,11 +136,6 @@ def test_train_cli_names_file_and_defect(root, tmp_path, capsys, defect):
     assert list(out.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MNISTSum re-raises torchvision's ValueError for an IDX file with zero items, "
-    "and that message names no file",
-)
 def test_train_cli_zero_count_labels(root, tmp_path, capsys):
     labels = raw(root) / "t10k-labels-idx1-ubyte"
     write_idx(labels, torch.zeros(0, dtype=torch.uint8))
@@ -149,6 +144,14 @@ def test_train_cli_zero_count_labels(root, tmp_path, capsys):
 
     assert code == 1
     assert str(labels) in capsys.readouterr().err
+
+
+def test_mnist_sum_empty_split(root):
+    write_idx(raw(root) / "t10k-images-idx3-ubyte", torch.zeros(0, 28, 28, dtype=torch.uint8))
+    write_idx(raw(root) / "t10k-labels-idx1-ubyte", torch.zeros(0, dtype=torch.uint8))
+
+    with pytest.raises(IDXFormatError, match="t10k-images-idx3-ubyte declares zero items"):
+        MNISTSum(root, train=False, seed=0)
 
 
 @settings(max_examples=40, suppress_health_check=FUNCTION_SCOPED)
@@ -189,8 +192,7 @@ def apply_damage(path: Path, kind: str, position: int, value: int) -> None:
 @given(name=st.sampled_from(IDX_NAMES[2:]), damage_spec=DAMAGES)
 def test_mnist_sum_damaged_file_error_type(root, name, damage_spec):
     # torchvision reports damage as AssertionError, RuntimeError, KeyError or ValueError;
-    # MNISTSum documents only IDXFormatError for a damaged file. A file declaring zero
-    # items is the one known exception, see test_train_cli_zero_count_labels.
+    # MNISTSum documents only IDXFormatError for a damaged file.
     path = raw(root) / name
     original = path.read_bytes()
     apply_damage(path, *damage_spec)

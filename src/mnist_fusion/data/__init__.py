@@ -12,7 +12,7 @@ from mnist_fusion.data.prepare import (
     resolve_mnist_root,
     verify_mnist,
 )
-from mnist_fusion.data.side import RandomDigits, SideTensor
+from mnist_fusion.data.side import RandomDigits, RandomUniform, SideTensor
 from mnist_fusion.data.two_image import TwoImageAddition
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "MNISTSum",
     "MNISTUnavailableError",
     "RandomDigits",
+    "RandomUniform",
     "SideTensor",
     "TensorFusionDataset",
     "TwoImageAddition",

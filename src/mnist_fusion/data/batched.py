@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -31,7 +32,9 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
     Args:
         images: uint8 tensor ``[N, H, W]`` or ``[N, C, H, W]``.
         labels: Integer tensor ``[N]``.
-        side: Integer tensor ``[N]``.
+        side: Integer tensor ``[N]``, or a mapping of name to tensor ``[N]`` for several
+            side inputs; in a mapping, floating-point tensors are continuous inputs,
+            stored as float32.
         mean: Per-channel mean subtracted after scaling.
         std: Per-channel standard deviation divided out after subtracting the mean.
         targets: Target names from :data:`~mnist_fusion.data.TARGETS` or a mapping of
@@ -39,7 +42,7 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
 
     Raises:
         TypeError: If an input is not a tensor, ``images`` is not uint8, or the labels or
-            side are not integers.
+            the single side tensor are not integers.
         ValueError: If the lengths differ, ``images`` is not 3-D or 4-D, or the labels
             or side are not 1-D.
 
@@ -56,13 +59,17 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
-        side: torch.Tensor,
+        side: torch.Tensor | Mapping[str, torch.Tensor],
         *,
         mean: float | Sequence[float] = MNIST_MEAN,
         std: float | Sequence[float] = MNIST_STD,
         targets: Sequence[str] | Mapping[str, TargetFn] | None = None,
     ) -> None:
-        for name, tensor in (("images", images), ("labels", labels), ("side", side)):
+        named = dict(side) if isinstance(side, Mapping) else {"side": side}
+        if not named:
+            raise ValueError("Expected at least one side input in the mapping, got none.")
+        columns = {"labels": labels, **named}
+        for name, tensor in (("images", images), *columns.items()):
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(
                     f"Expected `{name}` to be a torch.Tensor, but got {type(tensor).__name__}; "
@@ -75,8 +82,10 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
                 "Expected images of shape [N, H, W] or [N, C, H, W], but got shape "
                 f"{tuple(images.shape)}."
             )
-        for name, tensor in (("labels", labels), ("side", side)):
-            if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        for name, tensor in columns.items():
+            floating_allowed = isinstance(side, Mapping) and name in named
+            floating = tensor.is_floating_point() and not floating_allowed
+            if floating or tensor.is_complex() or tensor.dtype == torch.bool:
                 raise TypeError(f"Expected integer {name}, but got dtype {tensor.dtype}.")
             if tensor.ndim != 1:
                 # An [N, 1] column would broadcast against [N] targets downstream.
@@ -84,15 +93,19 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
                     f"Expected 1-D {name} of shape [N], but got shape {tuple(tensor.shape)}; "
                     "flatten them with .reshape(-1)."
                 )
-        if not len(images) == len(labels) == len(side):
+        lengths = {name: len(tensor) for name, tensor in columns.items()}
+        if any(length != len(images) for length in lengths.values()):
             raise ValueError(
-                "Expected images, labels and side of one length, but got "
-                f"{len(images)}, {len(labels)} and {len(side)}."
+                f"Expected images, labels and side of one length, but got {len(images)} "
+                f"images and lengths {lengths}."
             )
 
         self.images = images if images.ndim == 4 else images.unsqueeze(1)
         self.labels = labels.to(torch.int64)
-        self.side = side.to(torch.int64)
+        stored = {name: _stored_side(tensor) for name, tensor in named.items()}
+        self.side: torch.Tensor | dict[str, torch.Tensor] = (
+            stored if isinstance(side, Mapping) else stored["side"]
+        )
         channels = self.images.shape[1]
         self.mean = torch.as_tensor(mean, dtype=torch.float32).expand(channels).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).expand(channels).view(-1, 1, 1)
@@ -116,7 +129,12 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
         indices = self._check_indices(indices)
         images = self.images[indices].to(torch.float32).div(255).sub(self.mean).div(self.std)
         labels = self.labels[indices]
-        side = self.side[indices]
+        if isinstance(self.side, dict):
+            side: torch.Tensor | dict[str, torch.Tensor] = {
+                name: values[indices] for name, values in self.side.items()
+            }
+        else:
+            side = self.side[indices]
 
         batch = {"image": images, "side": side, "index": indices}
         for name, target_fn in self.targets.items():
@@ -150,7 +168,7 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = _check_index(index, len(self))
         batch = self.batch(torch.tensor([index]))
-        return {name: value[0] for name, value in batch.items()}
+        return _row(batch, 0)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """Return the samples at ``indices`` as a list, as the DataLoader fetcher expects."""
@@ -158,13 +176,27 @@ class TensorFusionDataset(Dataset[dict[str, torch.Tensor]]):
             [_check_index(i, len(self)) for i in indices], dtype=torch.int64
         )
         batch = self.batch(index_tensor)
-        return [{name: value[row] for name, value in batch.items()} for row in range(len(indices))]
+        return [_row(batch, row) for row in range(len(indices))]
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(length={len(self)}, "
             f"image_shape={tuple(self.images.shape[1:])}, targets={list(self.targets)})"
         )
+
+
+def _stored_side(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.float32 if tensor.is_floating_point() else torch.int64)
+
+
+def _row(batch: Mapping[str, Any], row: int) -> dict[str, Any]:
+    """Return one sample of a batch; a dict of named side inputs is indexed inside."""
+    return {
+        name: {key: part[row] for key, part in value.items()}
+        if isinstance(value, dict)
+        else value[row]
+        for name, value in batch.items()
+    }
 
 
 class BatchLoader:

@@ -151,8 +151,15 @@ def _open_mnist(root: Path, *, train: bool, transform: Callable[[Any], Any]) -> 
     except (RuntimeError, AssertionError, ValueError, KeyError):
         # torchvision reports a damaged file as a failed assert or reshape, so the checked
         # reader runs to name the file and the defect.
-        read_idx(image_file, ndim=3)
-        read_idx(label_file, ndim=1)
+        images, labels = read_idx(image_file, ndim=3), read_idx(label_file, ndim=1)
+        _check_split(images, labels, image_file=image_file, label_file=label_file)
+        for path, data in ((image_file, images), (label_file, labels)):
+            if len(data) == 0:
+                # A valid IDX file may declare zero items, which torchvision cannot reshape.
+                raise IDXFormatError(
+                    f"{path} declares zero items; replace it with the full file "
+                    f"(`mnist-fusion prepare-data --root {root}` restores it)."
+                ) from None
         raise
 
     _check_split(mnist.data, mnist.targets, image_file=image_file, label_file=label_file)

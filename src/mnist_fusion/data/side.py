@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["RandomDigits", "SideTensor", "as_side_dataset"]
+__all__ = ["RandomDigits", "RandomUniform", "SideTensor", "as_side_dataset"]
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _SEED_MIN = -(2**63)
@@ -54,7 +54,29 @@ def _check_seed(seed: object, *, low: int = _SEED_MIN, high: int = _SEED_MAX) ->
     return seed
 
 
-class RandomDigits(Dataset[torch.Tensor]):
+class _SeededValues(Dataset[torch.Tensor]):
+    """Values computed once from ``(seed, index)`` and read from the ``values`` tensor."""
+
+    values: torch.Tensor
+    seed: int
+    low: float
+    high: float
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        # A copy, not a view of the cache: writing to it must not change later reads.
+        return self.values[_check_index(index, len(self))].clone()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(length={len(self)}, seed={self.seed}, "
+            f"low={self.low}, high={self.high})"
+        )
+
+
+class RandomDigits(_SeededValues):
     """Uniform random integers in ``[low, high]``, one per index.
 
     The value at index ``i`` is a pure function of ``(seed, i)``: a SplitMix64 hash of
@@ -120,50 +142,89 @@ class RandomDigits(Dataset[torch.Tensor]):
         span = np.uint64(self.high - self.low + 1)
         return torch.from_numpy((hashed % span).astype(np.int64)) + self.low
 
-    def __len__(self) -> int:
-        return len(self.values)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        # A copy, not a view of the cache: writing to it must not change later reads.
-        return self.values[_check_index(index, len(self))].clone()
+class RandomUniform(_SeededValues):
+    """Uniform random floats in ``[low, high)``, one per index: a continuous side input.
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(length={len(self)}, seed={self.seed}, "
-            f"low={self.low}, high={self.high})"
-        )
+    Like :class:`RandomDigits`, the value at index ``i`` is a pure function of
+    ``(seed, i)``: the top 24 bits of the SplitMix64 hash of the pair, as a float32 in
+    ``[0, 1)`` with every step of ``2**-24`` equally likely, then scaled to the range.
+    Order of access, workers and the global RNG cannot change it.
+
+    Args:
+        length: Number of values.
+        seed: Integer that selects the stream, a signed 64-bit value.
+        low: Smallest value (inclusive).
+        high: Bound above every value (exclusive).
+
+    Raises:
+        ValueError: If ``length`` is negative, ``seed`` is not a 64-bit integer, or the
+            range is empty or not finite.
+
+    Examples:
+        >>> side = RandomUniform(4, seed=0)
+        >>> side[0].dtype, bool(((side.values >= 0) & (side.values < 1)).all())
+        (torch.float32, True)
+    """
+
+    def __init__(self, length: int, *, seed: int, low: float = 0.0, high: float = 1.0) -> None:
+        length = _check_int("length", length)
+        seed = _check_seed(seed)
+        if length < 0:
+            raise ValueError(f"Expected `length` >= 0, but got {length!r}.")
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ValueError(f"Expected finite `low` < `high`, but got low={low!r}, high={high!r}.")
+
+        self.seed = seed
+        self.low = float(low)
+        self.high = float(high)
+        hashed = hash_indices(seed, np.arange(length, dtype=np.int64))
+        unit = (hashed >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+        values = torch.from_numpy(unit) * (self.high - self.low) + self.low
+        # Rounding of the scaled value can reach `high` for a narrow range; keep it below.
+        below_high = torch.nextafter(torch.tensor(self.high), torch.tensor(-np.inf))
+        self.values = values.clamp(max=float(below_high))
 
 
 class SideTensor(Dataset[torch.Tensor]):
-    """Integer side inputs given as a tensor or a sequence, one value per index.
+    """Side inputs given as a tensor or a sequence, one value per index.
+
+    Integer values are stored as int64. Floating-point values, a continuous side input,
+    are admitted only with ``continuous=True`` and stored as float32, so that a float
+    tensor of labels is never taken for a side input by mistake.
 
     Args:
-        values: 1-D integer tensor or sequence of ints.
+        values: 1-D tensor or sequence of numbers.
+        continuous: Admit floating-point values.
 
     Raises:
-        ValueError: If the values are floating point, or not one-dimensional.
+        ValueError: If the values are floating point without ``continuous=True``,
+            complex or boolean, or not one-dimensional.
 
     Examples:
         >>> SideTensor([3, 1, 4])[2]
         tensor(4)
     """
 
-    def __init__(self, values: torch.Tensor | Sequence[int]) -> None:
+    def __init__(
+        self, values: torch.Tensor | Sequence[int] | Sequence[float], *, continuous: bool = False
+    ) -> None:
         tensor = torch.as_tensor(values)
         if not isinstance(values, torch.Tensor | np.ndarray) and tensor.numel() == 0:
             # An empty sequence has no dtype of its own, and torch would make it float.
-            tensor = tensor.to(torch.int64)
-        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            tensor = tensor.to(torch.float32 if continuous else torch.int64)
+        floating = tensor.is_floating_point()
+        if (floating and not continuous) or tensor.is_complex() or tensor.dtype == torch.bool:
             raise ValueError(
                 f"Expected integer side inputs, but got dtype {tensor.dtype}; "
                 "cast them to an integer dtype (`.long()` for a tensor) if they hold whole "
-                "numbers."
+                "numbers, or pass continuous=True for real values."
             )
         if tensor.ndim != 1:
             raise ValueError(
                 f"Expected a 1-D tensor of side inputs, but got shape {tuple(tensor.shape)}."
             )
-        self.values = tensor.to(torch.int64)
+        self.values = tensor.to(torch.float32 if floating else torch.int64)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -175,10 +236,12 @@ class SideTensor(Dataset[torch.Tensor]):
         return f"{type(self).__name__}(length={len(self)})"
 
 
-def as_side_dataset(side: Dataset | torch.Tensor | Sequence[int]) -> Dataset:
+def as_side_dataset(
+    side: Dataset | torch.Tensor | Sequence[int], *, continuous: bool = False
+) -> Dataset:
     """Wrap a tensor, array or sequence in :class:`SideTensor`; pass datasets through."""
     if isinstance(side, torch.Tensor | np.ndarray | list | tuple):
-        return SideTensor(side)
+        return SideTensor(side, continuous=continuous)
     # Any other object with __len__ and __getitem__ (a range, say) is read as a dataset.
     return cast(Dataset, side)
 

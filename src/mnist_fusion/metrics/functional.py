@@ -131,7 +131,11 @@ def fusion_statistics(
     """
     two_image = check_update(output, batch, num_classes=num_classes, max_sum=max_sum)
     device = output.digit_logits.device
-    names = ("digit", "second_digit", "sum") if two_image else ("digit", "side", "sum")
+    named_side = not two_image and isinstance(batch["side"], Mapping)
+    if two_image:
+        names: tuple[str, ...] = ("digit", "second_digit", "sum")
+    else:
+        names = ("digit", "sum") if named_side else ("digit", "side", "sum")
     target = {name: batch[name].to(device) for name in names}
 
     digit_pred = predicted_digit(output)
@@ -140,6 +144,10 @@ def fusion_statistics(
         second_pred = output.second_digit_logits.argmax(dim=-1)
         confusion = confusion + _confusion(target["second_digit"], second_pred, num_classes)
         expected_sum = digit_pred + second_pred
+    elif named_side:
+        # The target may be any function of the named inputs; what they add to the
+        # digit is the true sum minus the true digit.
+        expected_sum = digit_pred + (target["sum"] - target["digit"])
     else:
         expected_sum = digit_pred + target["side"]
 

@@ -18,13 +18,27 @@ from mnist_fusion.models.head import (
     FusionHeadConfig,
 )
 from mnist_fusion.models.side_encoding import SIDE_ENCODINGS, SideEncoding
-from mnist_fusion.models.sum_heads import convolve_log_probs, expected_sum, shift_log_probs
+from mnist_fusion.models.side_spec import (
+    CATEGORICAL_ENCODINGS,
+    CONTINUOUS_ENCODINGS,
+    SIDE_KINDS,
+    SideSpec,
+)
+from mnist_fusion.models.sum_heads import (
+    add_side_log_probs,
+    convolve_log_probs,
+    expected_sum,
+    shift_log_probs,
+)
 
 __all__ = [
+    "CATEGORICAL_ENCODINGS",
     "COMBINE_CHOICES",
+    "CONTINUOUS_ENCODINGS",
     "ENCODER_PRESETS",
     "FUSE_CHOICES",
     "SIDE_ENCODINGS",
+    "SIDE_KINDS",
     "SUM_HEADS",
     "ConvEncoder",
     "ConvEncoderConfig",
@@ -35,6 +49,8 @@ __all__ = [
     "FusionOutput",
     "ModelComplexity",
     "SideEncoding",
+    "SideSpec",
+    "add_side_log_probs",
     "convolve_log_probs",
     "expected_sum",
     "model_complexity",

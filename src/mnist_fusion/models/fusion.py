@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from mnist_fusion.models._checks import is_tracing
 from mnist_fusion.models.encoder import ConvEncoder, ConvEncoderConfig
-from mnist_fusion.models.head import FusionHead, FusionHeadConfig
+from mnist_fusion.models.head import FusionHead, FusionHeadConfig, SideInputs
+from mnist_fusion.models.side_spec import check_side_inputs
 from mnist_fusion.models.sum_heads import convolve_log_probs, expected_sum
 
 __all__ = ["FusionModel", "FusionModelConfig", "FusionOutput", "predicted_digit", "predicted_sum"]
@@ -29,6 +32,8 @@ class FusionOutput(NamedTuple):
             head), or their log-probabilities (the exact head); None for regression.
         second_digit_logits: Digit scores of the second image in two-image addition
             ``[N, num_classes]``; None otherwise.
+        fusion_weights: Attention weights of ``combine="attention"`` over the fused
+            vector and each side input ``[N, 1 + number of side inputs]``; None otherwise.
 
     Examples:
         >>> output = FusionOutput(torch.zeros(2, 10), sum=torch.tensor([3.0, 7.0]))
@@ -40,6 +45,7 @@ class FusionOutput(NamedTuple):
     sum: torch.Tensor | None = None
     sum_logits: torch.Tensor | None = None
     second_digit_logits: torch.Tensor | None = None
+    fusion_weights: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,9 @@ class FusionModelConfig:
 
     @property
     def max_sum(self) -> int:
-        """Largest possible sum: the largest digit plus the largest side value."""
-        return self.encoder.num_classes - 1 + self.head.num_side_values - 1
+        """Largest possible sum: declared in the head, or the largest digit plus the
+        largest value of each side input."""
+        return self.head.max_sum_for(num_classes=self.encoder.num_classes)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as plain JSON-compatible data."""
@@ -95,6 +102,11 @@ class FusionModelConfig:
 
 class FusionModel(nn.Module):
     """Multi-input model: ``model(image, side)`` predicts the digit and the sum.
+
+    ``side`` is one integer tensor, or a mapping of name to tensor for the inputs that
+    ``FusionHeadConfig.side_inputs`` declares. Each batch is checked against the
+    declared specs: a missing or unknown name, a wrong dtype or a value outside its
+    spec raises ValueError naming the input, the value and the spec.
 
     The sum head reads a differentiable function of the encoder's output (digit
     probabilities by default), so the sum loss trains the encoder too.
@@ -131,17 +143,23 @@ class FusionModel(nn.Module):
     def forward(
         self,
         image: torch.Tensor,
-        side: torch.Tensor | None = None,
+        side: SideInputs | None = None,
         *,
         second_image: torch.Tensor | None = None,
+        missing: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     ) -> FusionOutput:
         """Predict the digit and the sum of ``image`` and ``side`` (or ``second_image``).
 
         Args:
             image: Float images ``[N, in_channels, image_size, image_size]``.
-            side: Integer side values ``[N]`` in ``[0, num_side_values)``.
+            side: Side values ``[N]`` of the single side input, or ``{name: [N]}`` for
+                the declared side inputs.
             second_image: Images of the shape of ``image``, to add instead of ``side``;
                 needs ``sum_head="exact"``.
+            missing: Boolean masks ``{name: [N]}`` (or one mask ``[N]`` for a single
+                input), True where the input is missing. Missing rows may hold any
+                placeholder value. Only the exact sum head accepts missing inputs: it
+                averages them over their priors, and the digit logits do not change.
 
         Returns:
             The outputs; which sum fields are set depends on the sum head.
@@ -151,25 +169,32 @@ class FusionModel(nn.Module):
                 both of ``side`` and ``second_image`` are given, or if ``second_image``
                 is given to a learned sum head.
         """
-        self._check_inputs(image, side, second_image)
+        masks = self._check_inputs(image, side, second_image, missing)
         if second_image is not None:
             return self._add_images(image, second_image)
+        assert side is not None
 
         digit_logits, features = self.encoder(image)  # (N, classes), (N, F)
-        prediction = self.head(digit_logits, features, side)  # (N,) or (N, K)
+        prediction, weights = self.head.forward_with_weights(
+            digit_logits, features, side, masks
+        )  # (N,) or (N, K)
         if self.config.head.sum_head == "regression":
-            return FusionOutput(digit_logits=digit_logits, sum=prediction)
+            return FusionOutput(digit_logits=digit_logits, sum=prediction, fusion_weights=weights)
         return FusionOutput(
-            digit_logits=digit_logits, sum=expected_sum(prediction), sum_logits=prediction
+            digit_logits=digit_logits,
+            sum=expected_sum(prediction),
+            sum_logits=prediction,
+            fusion_weights=weights,
         )
 
     @torch.no_grad()
     def predict(
         self,
         image: torch.Tensor,
-        side: torch.Tensor | None = None,
+        side: SideInputs | None = None,
         *,
         second_image: torch.Tensor | None = None,
+        missing: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict the digit and the sum as int64 tensors ``[N]``.
 
@@ -179,8 +204,9 @@ class FusionModel(nn.Module):
 
         Args:
             image: Float images ``[N, C, H, W]``.
-            side: Integer side values ``[N]``.
+            side: Side values ``[N]``, or ``{name: [N]}``.
             second_image: Images to add instead of ``side`` (exact head only).
+            missing: Masks of missing side inputs, as in :meth:`forward`.
 
         Returns:
             ``(digit, sum)``, both int64 ``[N]``.
@@ -197,7 +223,7 @@ class FusionModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            output = self(image, side, second_image=second_image)
+            output = self(image, side, second_image=second_image, missing=missing)
         finally:
             self.train(was_training)
         return predicted_digit(output), predicted_sum(output, self.config.max_sum)
@@ -220,18 +246,71 @@ class FusionModel(nn.Module):
         )
 
     def _check_inputs(
-        self, image: torch.Tensor, side: torch.Tensor | None, second_image: torch.Tensor | None
-    ) -> None:
+        self,
+        image: torch.Tensor,
+        side: SideInputs | None,
+        second_image: torch.Tensor | None,
+        missing: torch.Tensor | Mapping[str, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor] | None:
+        """Check every input and return the missing masks by name (None for none)."""
         self._check_image(image)
         if second_image is not None:
+            if missing is not None:
+                raise ValueError("`missing` marks side inputs, but two images have none.")
             self._check_second_image(image, side, second_image)
-            return
+            return None
         if side is None:
             raise ValueError(
                 "Expected a `side` tensor [N] of integers, but got None; pass the side "
                 "values, or `second_image=` to add two images."
             )
-        self._check_side(image, side)
+
+        masks = self._check_missing(missing, image.shape[0])
+        if isinstance(side, torch.Tensor) and self.config.head.side_inputs is None:
+            if masks is None:
+                self._check_side(image, side)
+                return None
+        specs = self.head.specs
+        check_side_inputs(specs, self.head.as_mapping(side), image.shape[0], masks)
+        return masks
+
+    def _check_missing(
+        self, missing: torch.Tensor | Mapping[str, torch.Tensor] | None, size: int
+    ) -> dict[str, torch.Tensor] | None:
+        if missing is None:
+            return None
+        specs = self.head.specs
+        if isinstance(missing, torch.Tensor):
+            if len(specs) != 1:
+                raise ValueError(
+                    f"Got one `missing` mask, but the model declares the side inputs "
+                    f"{list(specs)}; pass a mapping of name to mask."
+                )
+            missing = {next(iter(specs)): missing}
+        if not isinstance(missing, Mapping):
+            raise TypeError(
+                f"Expected `missing` to be a mapping of name to boolean mask, got "
+                f"{type(missing).__name__}."
+            )
+
+        unknown = sorted(name for name in missing if name not in specs)
+        if unknown:
+            raise ValueError(
+                f"`missing` names unknown side input(s) {unknown}; the model declares "
+                f"{list(specs)}."
+            )
+        for name, mask in missing.items():
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                raise ValueError(
+                    f"Expected a boolean mask for missing side input {name!r}, but got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}."
+                )
+            if mask.shape != (size,):
+                raise ValueError(
+                    f"Expected the missing mask of {name!r} of shape [{size}] to match the "
+                    f"images, but got {list(mask.shape)}."
+                )
+        return dict(missing)
 
     def _check_image(self, image: torch.Tensor) -> None:
         encoder = self.config.encoder
@@ -249,7 +328,7 @@ class FusionModel(nn.Module):
             )
 
     def _check_second_image(
-        self, image: torch.Tensor, side: torch.Tensor | None, second_image: torch.Tensor
+        self, image: torch.Tensor, side: SideInputs | None, second_image: torch.Tensor
     ) -> None:
         if side is not None:
             raise ValueError(
@@ -282,7 +361,7 @@ class FusionModel(nn.Module):
             raise ValueError(f"Expected an integer side tensor, but got dtype {side.dtype}.")
         # A traced graph cannot branch on tensor values, so compiled and exported models
         # skip the range check; it runs in eager mode only.
-        if _is_tracing() or side.numel() == 0:
+        if is_tracing() or side.numel() == 0:
             return
 
         # One device-to-host sync per batch; cheap next to a forward pass.
@@ -293,12 +372,6 @@ class FusionModel(nn.Module):
                 f"Side value {bad} is outside [0, {self.config.head.num_side_values - 1}]; "
                 "raise `num_side_values` in FusionHeadConfig to accept it."
             )
-
-
-def _is_tracing() -> bool:
-    # Older torch releases may lack torch.compiler.is_exporting.
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return torch.compiler.is_compiling() or (is_exporting is not None and is_exporting())
 
 
 def predicted_digit(output: FusionOutput) -> torch.Tensor:

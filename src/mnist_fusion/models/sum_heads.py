@@ -9,9 +9,14 @@ a loss on the sum trains whatever produced ``p`` and ``q``.
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
 
-__all__ = ["convolve_log_probs", "expected_sum", "shift_log_probs"]
+import torch
+import torch.nn.functional as F
+
+from mnist_fusion.models.side_spec import SideSpec
+
+__all__ = ["add_side_log_probs", "convolve_log_probs", "expected_sum", "shift_log_probs"]
 
 
 def shift_log_probs(
@@ -82,10 +87,71 @@ def convolve_log_probs(first: torch.Tensor, second: torch.Tensor) -> torch.Tenso
     second_terms = second[:, partner.clamp(0, size_b - 1)]  # (N, K, A)
     terms = first[:, None, :] + second_terms  # (N, K, A)
 
-    # Every sum has at least one valid pair, so each logsumexp row has a finite term
-    # and its gradient stays finite.
     terms = terms.masked_fill(~valid, float("-inf"))  # (N, K, A)
-    return terms.logsumexp(dim=-1)  # (N, K)
+    return _safe_logsumexp(terms)  # (N, K)
+
+
+def _safe_logsumexp(terms: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the last dimension whose gradient stays finite.
+
+    A row of ``-inf`` only (a sum that no pair reaches, once an input has ``-inf``
+    entries) has a ``logsumexp`` of ``-inf`` and a NaN gradient. Such rows are
+    computed on zeros instead and set to ``-inf`` afterwards, so that ``torch.where``
+    sends them a zero gradient.
+    """
+    reachable = torch.isfinite(terms).any(dim=-1)  # (N, K)
+    safe_terms = torch.where(reachable[..., None], terms, torch.zeros_like(terms))
+    minus_inf = torch.full_like(reachable, float("-inf"), dtype=terms.dtype)
+    return torch.where(reachable, safe_terms.logsumexp(dim=-1), minus_inf)  # (N, K)
+
+
+def add_side_log_probs(
+    log_probs: torch.Tensor,
+    side: Mapping[str, torch.Tensor],
+    specs: Mapping[str, SideSpec],
+    missing: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Log-probabilities of the digit plus every categorical side input.
+
+    A known input shifts the distribution by its value. A missing one (True in its
+    ``missing`` mask) is averaged over its prior: the distribution is convolved with
+    ``spec.log_prior()``, so the result is the law of the sum given what is known.
+
+    Args:
+        log_probs: Digit log-probabilities ``[N, C]``.
+        side: Integer values ``{name: [N]}``; values in missing rows are ignored.
+        specs: Categorical specs ``{name: SideSpec}``, in the order they are added.
+        missing: Boolean masks ``{name: [N]}``; an absent name is never missing.
+
+    Returns:
+        Log-probabilities of the sums ``0 .. C - 1 + sum(cardinality - 1)``.
+
+    Examples:
+        >>> coin = torch.tensor([[0.5, 0.5]]).log()
+        >>> specs = {"a": SideSpec.categorical(2), "b": SideSpec.categorical(2)}
+        >>> side = {"a": torch.tensor([1]), "b": torch.tensor([0])}
+        >>> add_side_log_probs(coin, side, specs, {"b": torch.tensor([True])}).exp()
+        tensor([[0.0000, 0.2500, 0.5000, 0.2500]])
+    """
+    missing = missing or {}
+    for name, spec in specs.items():
+        cardinality = spec.cardinality
+        if cardinality is None:
+            raise ValueError(
+                f"Side input {name!r} is {spec.describe()}; only categorical inputs can be "
+                "added to a digit distribution."
+            )
+        mask = missing.get(name)
+        if mask is None:
+            log_probs = shift_log_probs(log_probs, side[name], cardinality)
+            continue
+
+        values = side[name].long().clamp(0, cardinality - 1)  # placeholders may be anything
+        point_mass = F.one_hot(values, cardinality).to(log_probs.dtype).log()  # (N, S)
+        prior = spec.log_prior(device=log_probs.device).to(log_probs.dtype)  # (S,)
+        law = torch.where(mask[:, None], prior.expand_as(point_mass), point_mass)  # (N, S)
+        log_probs = convolve_log_probs(log_probs, law)
+    return log_probs
 
 
 def expected_sum(sum_logits: torch.Tensor) -> torch.Tensor:
