@@ -87,8 +87,8 @@ def _step_lr(optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
 DEFAULT = Recipe(
     name="default",
     title=(
-        "mnist_fusion default: CNN 16-32-64 channels-last, AdamW 0.01, one-cycle restarted "
-        f"after {DEFAULT_FIRST_CYCLE_EPOCHS} epochs, batch {DEFAULT_BATCH_SIZE}"
+        f"mnist_fusion default: CNN 16-32-64 channels-last, AdamW {DEFAULT_LR}, one-cycle "
+        f"restarted after {DEFAULT_FIRST_CYCLE_EPOCHS} epochs, batch {DEFAULT_BATCH_SIZE}"
     ),
     batch_size=DEFAULT_BATCH_SIZE,
     epochs=DEFAULT_EPOCHS,
@@ -105,7 +105,9 @@ EXAMPLES = Recipe(
     title="PyTorch examples/mnist: conv 32-64, FC 128, Adadelta 1.0, StepLR 0.7, batch 64",
     batch_size=64,
     epochs=14,
-    budget_seconds=240.0,
+    # It first reached 99 % digit and sum accuracy after about 5 epochs (400 to 700 s
+    # on the 2-core machine of docs/benchmarks.md), so a shorter cap reports no time.
+    budget_seconds=900.0,
     build_model=lambda: with_encoder(ExamplesEncoder()),
     build_optimizer=lambda params: torch.optim.Adadelta(params, lr=1.0),
     build_scheduler=_step_lr,
