@@ -189,8 +189,8 @@ def test_resume_with_other_epochs(trained, tiny_mnist_root, tmp_path, capsys):
     assert code == 1
     error = capsys.readouterr().err
     assert re.search(
-        r"continues a run with cycles of \(20,\) steps, but --epochs 3 with --batch-size \d+ "
-        r"gives \(15, 15\)",
+        r"continues a run with cycles of \(10, 10\) steps, but --epochs 3 with --batch-size \d+ "
+        r"gives \(10, 20\)",
         error,
     )
     assert "resume with the first run's --epochs and --batch-size" in error

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from mnist_fusion.cli import default_scheduler
 from mnist_fusion.schedule import RestartingOneCycleLR, restart_cycle_steps
 
 
@@ -121,3 +122,17 @@ def test_restart_cycle_steps_invalid(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         restart_cycle_steps(**arguments)
+
+
+def test_restart_cycle_steps_default_first_cycle():
+    assert restart_cycle_steps(epochs=5, steps_per_epoch=100) == (100, 400)
+
+
+def test_default_scheduler_cycles():
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+
+    scheduler = default_scheduler(optimizer, max_lr=0.02, epochs=5, steps_per_epoch=469)
+
+    assert scheduler.cycle_steps == (469, 1876)
+    assert math.isclose(scheduler.get_last_lr()[0], 0.02 / 25)

@@ -38,7 +38,7 @@ DEFAULT_WEIGHT_DECAY = 5e-4
 # The sum gradient reaches the encoder through softmax(logits / 0.1), which amplifies
 # it; with 0.05 the digit accuracy after the first cycle was 0.3 points lower.
 DEFAULT_SUM_WEIGHT = 0.01
-DEFAULT_FIRST_CYCLE_EPOCHS = 1.5
+DEFAULT_FIRST_CYCLE_EPOCHS = 1.0
 DEFAULT_PCT_START = 0.2
 EVAL_BATCH_SIZE = 1000
 

@@ -475,7 +475,8 @@ def test_channels_last_weights():
     encoder = ConvEncoder(ConvEncoderConfig(channels=(4, 8)))
     contiguous = ConvEncoder(ConvEncoderConfig(channels=(4, 8), channels_last=False))
 
-    weight = encoder.features[0].weight
+    # The second convolution's: with one input channel both layouts look alike.
+    weight = encoder.features[4].weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
     assert not contiguous.features[4].weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -554,8 +555,13 @@ def test_encoder_shifts_only_in_training():
 
     encoder.eval()
     first, second = encoder.forward_features(images), encoder.forward_features(images)
+    encoder.train()
+    torch.manual_seed(0)
+    shifted_first = encoder.forward_features(images)
+    shifted_second = encoder.forward_features(images)
 
     assert torch.equal(first, second)
+    assert not torch.equal(shifted_first, shifted_second)
     assert encoder.shift.max_shift == 2
 
 
