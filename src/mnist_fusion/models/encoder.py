@@ -110,7 +110,7 @@ class RandomShift(nn.Module):
     Each image moves by up to ``max_shift`` pixels along each axis, offsets drawn
     uniformly from the global torch generator. The border that the move uncovers
     repeats the nearest edge pixels, which in MNIST are background. The whole batch
-    moves in one gather, so the cost does not grow with Python calls per image.
+    moves in one gather: a few tensor operations per batch, none per image.
 
     Args:
         max_shift: Largest offset in pixels; 0 makes the module an identity.
