@@ -20,6 +20,7 @@ from mnist_fusion import checkpoint
 from mnist_fusion.data import BatchLoader, MNISTSum, prepare_mnist
 from mnist_fusion.losses import FusionLoss
 from mnist_fusion.models import FusionModel
+from mnist_fusion.schedule import RestartingOneCycleLR, restart_cycle_steps
 from mnist_fusion.training import evaluate, fit, resolve_device
 
 
@@ -52,15 +53,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     test_loader = BatchLoader(test, batch_size=1000)
 
     model = FusionModel().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=1e-4)
-    steps = args.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.02, weight_decay=5e-4)
+    cycles = restart_cycle_steps(epochs=args.epochs, steps_per_epoch=len(train_loader))
+    scheduler = RestartingOneCycleLR(optimizer, max_lr=0.02, cycle_steps=cycles)
     fit(
         model,
         train_loader,
         epochs=args.epochs,
         optimizer=optimizer,
-        loss_fn=FusionLoss(sum_weight=0.05),
+        loss_fn=FusionLoss(sum_weight=0.01),
         scheduler=scheduler,
         eval_loader=test_loader,
         device=device,

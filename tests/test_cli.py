@@ -189,11 +189,29 @@ def test_resume_with_other_epochs(trained, tiny_mnist_root, tmp_path, capsys):
     assert code == 1
     error = capsys.readouterr().err
     assert re.search(
-        r"continues a run of 20 one-cycle steps, but --epochs 3 with --batch-size \d+ gives 30",
+        r"continues a run with cycles of \(10, 10\) steps, but --epochs 3 with --batch-size \d+ "
+        r"gives \(10, 20\)",
         error,
     )
     assert "resume with the first run's --epochs and --batch-size" in error
     assert read_json(copy / "history.json") == read_json(out / "history.json")
+
+
+def test_resume_state_of_old_schedule(trained, tiny_mnist_root, tmp_path, capsys):
+    _, out = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state_path = copy / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["scheduler"] = {"total_steps": 20, "last_epoch": 20}
+    torch.save(state, state_path)
+
+    code = train(tiny_mnist_root, copy, "--epochs", "2", "--resume")
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "one-cycle schedule of an earlier mnist_fusion version" in error
+    assert "train into a new --out folder" in error
 
 
 def test_train_missing_data(tmp_path, capsys):

@@ -38,6 +38,7 @@ API_MODULES = (
     "losses",
     "metrics",
     "training",
+    "schedule",
     "checkpoint",
     "testing",
     "lightning",

@@ -7,17 +7,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_fusion.models import ENCODER_PRESETS, ConvEncoder, ConvEncoderConfig
+from mnist_fusion.models import ENCODER_PRESETS, ConvEncoder, ConvEncoderConfig, FusionModelConfig
+from mnist_fusion.models.encoder import RandomShift
 
 
 def pooled_side(config: ConvEncoderConfig) -> int:
-    """Side of the last feature map: each 2x2 pooling step floors the side to half."""
+    """Side of the last feature map.
+
+    Each 2x2 pooling step floors the side to half, and each stride-2 convolution
+    (padding 1, kernel 3) rounds it up.
+    """
     pools = config.stage_pool
     if isinstance(pools, str):
         pools = (pools,) * len(config.channels)
     side = config.image_size
     for pooling in pools:
-        if pooling != "none":
+        if pooling == "stride":
+            side = (side - 1) // 2 + 1
+        elif pooling != "none":
             side //= 2
     return side
 
@@ -25,6 +32,7 @@ def pooled_side(config: ConvEncoderConfig) -> int:
 def config_id(config: ConvEncoderConfig) -> str:
     return (
         f"{config.in_channels}x{config.image_size}-{config.norm}-{config.pool}-{config.digit_head}"
+        f"-{config.stage_pool}-{config.pool_placement}"
     )
 
 
@@ -41,6 +49,10 @@ CONFIGS = [
     ),
     ConvEncoderConfig(in_channels=3, image_size=32, channels=(8, 16), digit_head="conv"),
     ConvEncoderConfig(image_size=20, channels=(4, 8), stage_pool="none", digit_head="conv"),
+    ConvEncoderConfig(channels=(4, 8, 8), stage_pool="stride"),
+    ConvEncoderConfig(channels=(4, 8), stage_pool=("max", "stride"), pool_placement="after_conv"),
+    ConvEncoderConfig(channels=(4, 8), convs_per_stage=2, pool_placement="after_conv"),
+    ConvEncoderConfig(channels=(4, 8), channels_last=False, train_shift=3),
 ]
 
 
@@ -120,8 +132,8 @@ def test_channels_list_becomes_tuple():
         ("norm", "bacth", "['batch', 'group', 'none']"),
         ("activation", "tanh", "['relu', 'gelu', 'silu']"),
         ("pool", "max", "['flatten', 'avg']"),
-        ("stage_pool", "min", "['max', 'avg', 'none']"),
-        ("stage_pool", ("max", "mean", "max"), "['max', 'avg', 'none']"),
+        ("stage_pool", "min", "['max', 'avg', 'stride', 'none']"),
+        ("stage_pool", ("max", "mean", "max"), "['max', 'avg', 'stride', 'none']"),
         ("digit_head", "mlp", "['linear', 'conv']"),
     ],
 )
@@ -180,8 +192,31 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_small_preset_is_default():
-    assert ConvEncoderConfig.small() == ConvEncoderConfig()
+def test_small_preset_is_model_default():
+    assert FusionModelConfig().encoder == ConvEncoderConfig.small()
+
+
+def test_small_preset_options():
+    config = ConvEncoderConfig.small()
+
+    assert config.pool_placement == "after_conv"
+    assert config.train_shift == 1
+    assert config.channels_last
+
+
+def test_small_preset_parameter_count():
+    assert count(ConvEncoder(ConvEncoderConfig.small())) == 29178
+
+
+def test_saved_config_without_new_fields_loads_old_order():
+    data = asdict(ConvEncoderConfig())
+    for name in ("pool_placement", "channels_last", "train_shift"):
+        del data[name]
+
+    config = ConvEncoderConfig(**data)
+
+    assert config.pool_placement == "after_activation"
+    assert config.train_shift == 0
 
 
 def test_default_encoder_parameter_count():
@@ -378,3 +413,159 @@ def test_three_channel_32_forward():
 
     assert logits.shape == (2, 10)
     assert features.shape == (2, 64 * 4 * 4)
+
+
+def copy_weights(source: nn.Module, target: nn.Module) -> None:
+    """Copy ``source``'s parameters and buffers into ``target``, in declaration order."""
+    with torch.no_grad():
+        pairs = zip(target.state_dict().values(), source.state_dict().values(), strict=True)
+        for mine, theirs in pairs:
+            mine.copy_(theirs)
+
+
+def test_pool_placement_same_function_without_norm():
+    first = ConvEncoder(ConvEncoderConfig(channels=(4, 8), norm="none"))
+    second = ConvEncoder(
+        ConvEncoderConfig(channels=(4, 8), norm="none", pool_placement="after_conv")
+    )
+    copy_weights(first, second)
+    images = torch.randn(3, 1, 28, 28)
+
+    torch.testing.assert_close(second(images)[0], first(images)[0])
+    torch.testing.assert_close(second(images)[1], first(images)[1])
+
+
+def test_pool_placement_after_conv_order():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(4,), pool_placement="after_conv"))
+
+    kinds = [type(layer) for layer in encoder.features]
+
+    assert kinds[:4] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
+
+
+def test_pool_placement_keeps_state_dict_keys():
+    old = ConvEncoder(ConvEncoderConfig())
+    new = ConvEncoder(ConvEncoderConfig(pool_placement="after_activation", train_shift=2))
+
+    assert old.state_dict().keys() == new.state_dict().keys()
+
+
+def test_pool_placement_invalid():
+    with pytest.raises(ValueError, match=r"Invalid `pool_placement`='before'; expected one of"):
+        ConvEncoderConfig(pool_placement="before")
+
+
+def test_stride_stage_uses_strided_conv():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(4, 8), stage_pool="stride"))
+
+    convs = [layer for layer in encoder.features if isinstance(layer, nn.Conv2d)]
+
+    assert [conv.stride for conv in convs] == [(2, 2), (2, 2)]
+    assert not any(isinstance(layer, nn.MaxPool2d) for layer in encoder.features)
+    assert encoder.feature_shape == (8, 7, 7)
+
+
+def test_stride_rounds_odd_sizes_up():
+    config = ConvEncoderConfig(channels=(4, 4, 4), stage_pool="stride")
+
+    assert config.feature_map_size == 4
+
+
+def test_channels_last_weights():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(4, 8)))
+    contiguous = ConvEncoder(ConvEncoderConfig(channels=(4, 8), channels_last=False))
+
+    # The second convolution's: with one input channel both layouts look alike.
+    weight = encoder.features[4].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not contiguous.features[4].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_same_function():
+    first = ConvEncoder(ConvEncoderConfig(channels=(4, 8), channels_last=False)).eval()
+    second = ConvEncoder(ConvEncoderConfig(channels=(4, 8))).eval()
+    copy_weights(first, second)
+    images = torch.randn(3, 1, 28, 28)
+
+    torch.testing.assert_close(second(images)[0], first(images)[0])
+
+
+def test_random_shift_identity_in_eval():
+    shift = RandomShift(2).eval()
+    images = torch.randn(4, 1, 28, 28)
+
+    assert torch.equal(shift(images), images)
+
+
+def test_random_shift_zero_is_identity():
+    images = torch.randn(4, 1, 28, 28)
+
+    assert torch.equal(RandomShift(0).train()(images), images)
+
+
+def shifted(images: torch.Tensor, dy: int, dx: int, max_shift: int) -> torch.Tensor:
+    """Translate ``images`` by ``(dy, dx)``, repeating the edge pixels, by plain slicing."""
+    padded = F.pad(images, (max_shift,) * 4, mode="replicate")
+    height, width = images.shape[-2:]
+    top, left = max_shift - dy, max_shift - dx
+    return padded[..., top : top + height, left : left + width]
+
+
+def test_random_shift_moves_each_image_within_bound():
+    torch.manual_seed(0)
+    images = torch.randn(16, 2, 10, 12)
+
+    moved = RandomShift(2).train()(images)
+
+    offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    for index in range(len(images)):
+        matches = [
+            offset
+            for offset in offsets
+            if torch.equal(moved[index], shifted(images[index : index + 1], *offset, 2)[0])
+        ]
+        assert matches, f"image {index} is not a translation by at most 2 pixels"
+
+
+def test_random_shift_varies_between_images():
+    torch.manual_seed(0)
+    images = torch.randn(1, 1, 12, 12).expand(32, 1, 12, 12)
+
+    moved = RandomShift(2).train()(images)
+
+    distinct = {tuple(image.flatten().tolist()) for image in moved}
+    assert len(distinct) > 1
+
+
+def test_random_shift_reproducible_with_seed():
+    images = torch.randn(8, 1, 28, 28)
+    shift = RandomShift(3).train()
+
+    torch.manual_seed(5)
+    first = shift(images)
+    torch.manual_seed(5)
+    second = shift(images)
+
+    assert torch.equal(first, second)
+
+
+def test_encoder_shifts_only_in_training():
+    encoder = ConvEncoder(ConvEncoderConfig(channels=(4,), train_shift=2))
+    images = torch.randn(4, 1, 28, 28)
+
+    encoder.eval()
+    first, second = encoder.forward_features(images), encoder.forward_features(images)
+    encoder.train()
+    torch.manual_seed(0)
+    shifted_first = encoder.forward_features(images)
+    shifted_second = encoder.forward_features(images)
+
+    assert torch.equal(first, second)
+    assert not torch.equal(shifted_first, shifted_second)
+    assert encoder.shift.max_shift == 2
+
+
+@pytest.mark.parametrize("value", [-1, 28])
+def test_train_shift_out_of_range(value):
+    with pytest.raises(ValueError, match=rf"`train_shift` in \[0, 28\) pixels, but got {value}"):
+        ConvEncoderConfig(train_shift=value)

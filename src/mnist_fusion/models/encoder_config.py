@@ -13,9 +13,10 @@ ENCODER_PRESETS = ("small", "wide", "reference")
 
 NORMS = ("batch", "group", "none")
 ACTIVATIONS = ("relu", "gelu", "silu")
-STAGE_POOLS = ("max", "avg", "none")
+STAGE_POOLS = ("max", "avg", "stride", "none")
 POOLS = ("flatten", "avg")
 DIGIT_HEADS = ("linear", "conv")
+POOL_PLACEMENTS = ("after_activation", "after_conv")
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,10 @@ class ConvEncoderConfig:
 
     Each stage is ``convs_per_stage`` convolutions (kernel ``kernel_size``, same padding),
     each followed by normalisation and the activation, and then a 2x2 pooling step
-    chosen by ``stage_pool``. The default is the small fast encoder of the default recipe;
-    :meth:`wide` and :meth:`reference` build the other presets.
+    chosen by ``stage_pool``. The field defaults build the same network as the
+    configurations saved before ``pool_placement`` and ``train_shift`` existed;
+    :meth:`small` (the default recipe's encoder), :meth:`wide` and :meth:`reference`
+    build the presets.
 
     Attributes:
         in_channels: Channels of the input image.
@@ -42,18 +45,34 @@ class ConvEncoderConfig:
             averages it to one vector per channel.
         num_classes: Number of digit classes.
         num_groups: Groups of ``norm="group"``; it must divide every stage's channels.
-        stage_pool: The 2x2 pooling after each stage, ``"max"``, ``"avg"`` or ``"none"``:
+        stage_pool: The 2x2 downsampling of each stage: ``"max"`` or ``"avg"`` pooling,
+            ``"stride"`` (the stage's last convolution has stride 2, which costs a
+            quarter of the multiply-accumulates and rounds odd sizes up), or ``"none"``:
             one choice for every stage, or one per stage.
         digit_head: ``"linear"``: dropout and a linear layer on the features give the
             digit logits. ``"conv"``: a last convolution with ``num_classes`` output
             channels, averaged over the feature map, gives them; it needs
             ``pool="flatten"``, because it reads the whole map.
+        pool_placement: Where each stage's pooling step sits. ``"after_activation"``
+            pools the output of the stage's last activation. ``"after_conv"`` pools the
+            output of its last convolution, before the norm and the activation, so
+            those run on a quarter of the values. With ``norm="none"``,
+            ``stage_pool="max"`` and ``activation="relu"`` the two placements compute
+            the same function, because a max-pool commutes with ReLU. A ``"stride"`` stage has
+            no pooling step, so this option does not change it.
+        channels_last: Store the convolution weights in the channels-last memory format,
+            so that the convolutions, norms and pools run channels-last. The outputs
+            differ by float rounding only.
+        train_shift: Largest random translation, in pixels, applied to each training
+            image along each axis; 0 turns it off. It acts in training mode only, like
+            dropout, and fills the uncovered border with the nearest edge pixels.
 
     Raises:
         ValueError: For an unknown choice, a count below 1, an even kernel size, a
             dropout outside ``[0, 1)``, per-stage options of the wrong length, a
-            ``num_groups`` that does not divide the channels, or an ``image_size`` too
-            small for the pooling steps.
+            ``num_groups`` that does not divide the channels, an ``image_size`` too
+            small for the pooling steps, or a ``train_shift`` outside
+            ``[0, image_size)``.
 
     Examples:
         >>> ConvEncoderConfig().channels
@@ -77,6 +96,11 @@ class ConvEncoderConfig:
     num_groups: int = 8
     stage_pool: str | tuple[str, ...] = "max"
     digit_head: str = "linear"
+    # The defaults of the three fields below keep configurations written before they
+    # existed loading as the same network.
+    pool_placement: str = "after_activation"
+    channels_last: bool = True
+    train_shift: int = 0
 
     def __post_init__(self) -> None:
         # Configs arrive from JSON too, where tuples become lists.
@@ -89,6 +113,7 @@ class ConvEncoderConfig:
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("pool", self.pool, POOLS)
         check_choice("digit_head", self.digit_head, DIGIT_HEADS)
+        check_choice("pool_placement", self.pool_placement, POOL_PLACEMENTS)
         self._check_counts()
         self._check_per_stage()
         self._check_sizes()
@@ -112,7 +137,9 @@ class ConvEncoderConfig:
         """Height and width of the last feature map; each 2x2 pooling step halves it."""
         size = self.image_size
         for pooling in self.stage_pools:
-            if pooling != "none":
+            if pooling == "stride":
+                size = (size + 1) // 2  # A padded stride-2 convolution rounds up.
+            elif pooling != "none":
                 size //= 2
         return size
 
@@ -120,13 +147,18 @@ class ConvEncoderConfig:
     def small(cls) -> ConvEncoderConfig:
         """Return the default encoder: stages of 16, 32 and 64 channels, BatchNorm, max-pool.
 
-        It has 29,178 parameters and is the encoder of the default ``mnist-fusion train``.
+        Each stage pools its convolution's output before the norm and the activation,
+        and training images move by up to 1 pixel at random. It has 29,178 parameters
+        and is the encoder of the default ``mnist-fusion train`` and of
+        ``FusionModelConfig()``. The field defaults of this class differ from it in
+        those two options, so that configurations saved before the options existed
+        load as the same network.
 
         Examples:
-            >>> ConvEncoderConfig.small() == ConvEncoderConfig()
-            True
+            >>> ConvEncoderConfig.small().pool_placement
+            'after_conv'
         """
-        return cls()
+        return cls(pool_placement="after_conv", train_shift=1)
 
     @classmethod
     def wide(cls) -> ConvEncoderConfig:
@@ -198,6 +230,11 @@ class ConvEncoderConfig:
             raise ValueError(f"Expected an odd positive `kernel_size`, got {self.kernel_size!r}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"Expected `dropout` in [0, 1), but got {self.dropout!r}.")
+        if not 0 <= self.train_shift < self.image_size:
+            raise ValueError(
+                f"Expected `train_shift` in [0, {self.image_size}) pixels, but got "
+                f"{self.train_shift!r}; use 0 to turn the random translation off."
+            )
 
     def _check_per_stage(self) -> None:
         stages = len(self.channels)

@@ -62,7 +62,7 @@ class FusionModelConfig:
         True
     """
 
-    encoder: ConvEncoderConfig = field(default_factory=ConvEncoderConfig)
+    encoder: ConvEncoderConfig = field(default_factory=ConvEncoderConfig.small)
     head: FusionHeadConfig = field(default_factory=FusionHeadConfig)
 
     @property
