@@ -233,7 +233,8 @@ def _check_shuffled_epoch(fused: FusionDataset, *, num_workers: int, batch_size:
         )
 
 
-def _target_matches(value: torch.Tensor, expected: torch.Tensor) -> bool:
+def _target_matches(value: Any, expected: torch.Tensor) -> bool:
+    value = torch.as_tensor(value)
     expected = expected.to(value.dtype)
     if value.is_floating_point():
         return value.shape == expected.shape and bool(torch.isclose(value, expected).all())
@@ -261,7 +262,7 @@ def _values_equal(first: Any, second: Any) -> bool:
 
 def _flat_fields(sample: Mapping[str, Any]) -> dict[str, float]:
     """Return the scalar fields of a sample, named side inputs as ``side.NAME``."""
-    return {name: value.item() for name, value in _flat_columns(sample).items()}
+    return {name: torch.as_tensor(value).item() for name, value in _flat_columns(sample).items()}
 
 
 def _flat_columns(sample: Mapping[str, Any]) -> dict[str, torch.Tensor]:

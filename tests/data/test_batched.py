@@ -57,7 +57,7 @@ def test_batch_equals_per_item(per_item, tensors, field):
     indices = torch.randperm(len(per_item), generator=torch.Generator().manual_seed(0))
 
     batch = tensors.batch(indices)
-    stacked = torch.stack([per_item[int(i)][field] for i in indices])
+    stacked = torch.stack([torch.as_tensor(per_item[int(i)][field]) for i in indices])
 
     assert torch.equal(batch[field], stacked)
 
@@ -70,7 +70,7 @@ def test_getitem_equals_per_item(per_item, tensors, index):
 
     assert sample.keys() == expected.keys()
     for field in FIELDS:
-        assert torch.equal(sample[field], expected[field]), field
+        assert torch.equal(sample[field], torch.as_tensor(expected[field])), field
 
 
 def test_image_dtype_and_shape(tensors):

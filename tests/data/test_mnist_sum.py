@@ -65,7 +65,7 @@ def test_test_length_is_idx_count(tiny_mnist_root, held_out):
 
 
 def test_digits_are_idx_labels(tiny_mnist_root, held_out):
-    digits = torch.stack([held_out[i]["digit"] for i in range(len(held_out))])
+    digits = torch.tensor([held_out[i]["digit"] for i in range(len(held_out))])
 
     assert torch.equal(digits, idx_labels(tiny_mnist_root, "t10k"))
 
@@ -74,7 +74,7 @@ def test_sum_is_label_plus_side(tiny_mnist_root, held_out):
     labels = idx_labels(tiny_mnist_root, "t10k")
     side = RandomDigits(len(labels), seed=side_seed(0, train=False)).values
 
-    sums = torch.stack([held_out[i]["sum"] for i in range(len(held_out))])
+    sums = torch.tensor([held_out[i]["sum"] for i in range(len(held_out))])
 
     assert torch.equal(sums, labels + side)
 
@@ -82,7 +82,7 @@ def test_sum_is_label_plus_side(tiny_mnist_root, held_out):
 def test_side_is_seeded_stream(train):
     expected = RandomDigits(TINY_TRAIN, seed=side_seed(0, train=True)).values
 
-    side = torch.stack([train[i]["side"] for i in range(len(train))])
+    side = torch.tensor([train[i]["side"] for i in range(len(train))])
 
     assert torch.equal(side, expected)
 

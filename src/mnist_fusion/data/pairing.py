@@ -85,8 +85,11 @@ class FusionDataset(Dataset[dict[str, torch.Tensor]]):
 
     ``fused[i]`` reads ``images[i]`` and every side input at ``i`` in the same call, so a
     shuffled DataLoader moves an image and its side inputs and targets together. Samples
-    are plain dicts of tensors (``side`` is itself a dict for named side inputs), which
-    ``torch.utils.data.default_collate`` batches.
+    are plain dicts, which ``torch.utils.data.default_collate`` batches into tensors.
+    With one side input, ``side``, ``index`` and the built-in targets are Python ints,
+    as torchvision returns its labels, and batches hold them as int64 tensors. With
+    named side inputs, ``side`` is a dict of 0-d tensors (int64, or float32 for real
+    values). Custom target functions receive tensors in both cases.
 
     Args:
         images: Map-style dataset whose items are ``(image, label)`` pairs. Its own
@@ -164,17 +167,19 @@ class FusionDataset(Dataset[dict[str, torch.Tensor]]):
         side = _as_int(
             cached[index] if cached is not None else self.side[index], "side input", index
         )
-        # Fresh tensors, so writing to a sample never changes the base dataset.
-        label_tensor = _new_int64(label)
-        side_tensor = _new_int64(side)
-        sample = {"image": image, "side": side_tensor, "index": _new_int64(index)}
+        # Python ints, as torchvision returns labels: default_collate batches them into
+        # int64 tensors, and building four 0-d tensors per item cost more than the
+        # DataLoader itself (docs/benchmarks.md). Custom targets still get tensors.
+        sample: dict[str, Any] = {"image": image, "side": side, "index": index}
+        tensors = None
         for name, target_fn in self.targets.items():
             if target_fn is _digit:
-                sample[name] = label_tensor
+                sample[name] = label
             elif target_fn is _sum:
-                sample[name] = _new_int64(label + side)
+                sample[name] = label + side
             else:
-                sample[name] = target_fn(label_tensor, side_tensor)
+                tensors = tensors or (_new_int64(label), _new_int64(side))
+                sample[name] = target_fn(*tensors)
         return sample
 
     def _named_sample(self, image: Any, label: int, index: int) -> dict[str, Any]:
