@@ -15,7 +15,7 @@ from conftest import write_tiny_mnist
 import mnist_fusion
 from mnist_fusion import checkpoint
 from mnist_fusion.cli import METRIC_NAMES, main
-from mnist_fusion.models import FusionModel
+from mnist_fusion.models import FusionHeadConfig, FusionModel, FusionModelConfig, SideSpec
 
 FRACTIONS = ("digit_accuracy", "sum_accuracy", "consistency")
 
@@ -276,6 +276,17 @@ def test_evaluate_needs_seed(small_root, tmp_path, capsys):
         "stores no seed, so the test side inputs are unknown; pass --seed"
         in capsys.readouterr().err
     )
+
+
+def test_evaluate_rejects_named_side_inputs(small_root, tmp_path, capsys):
+    specs = {"a": SideSpec.categorical(10), "b": SideSpec.categorical(10)}
+    model = FusionModel(FusionModelConfig(head=FusionHeadConfig(side_inputs=specs)))
+    path = checkpoint.save(model, tmp_path / "model.pt")
+
+    code = main(["evaluate", "--root", str(small_root), "--checkpoint", str(path), "--seed", "0"])
+
+    assert code == 1
+    assert "declares the named side inputs ['a', 'b']" in capsys.readouterr().err
 
 
 def test_evaluate_explicit_seed(small_root, tmp_path):

@@ -271,6 +271,13 @@ def default_scheduler(
 def _run_evaluate(args: argparse.Namespace) -> int:
     device = _start_processes(args.device)
     model = checkpoint.load(args.checkpoint)
+    if model.config.head.side_inputs is not None:
+        raise ValueError(
+            f"{args.checkpoint} declares the named side inputs "
+            f"{sorted(model.config.head.side_inputs)}, but `mnist-fusion evaluate` scores "
+            "MNIST-sum models, which take one random digit; score this model in Python "
+            "with mnist_fusion.training.evaluate on batches of its own inputs."
+        )
     seed = (
         args.seed
         if args.seed is not None
