@@ -60,8 +60,9 @@ def train_head(sum_head: str, loader: BatchLoader, args: argparse.Namespace) -> 
     model = FusionModel(FusionModelConfig(head=FusionHeadConfig(sum_head=sum_head)))
     lr, decay = cli.DEFAULT_LR, cli.DEFAULT_WEIGHT_DECAY
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
-    steps = args.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
+    scheduler = cli.default_scheduler(
+        optimizer, max_lr=lr, epochs=args.epochs, steps_per_epoch=len(loader)
+    )
     loss_fn = FusionLoss(sum_weight=cli.DEFAULT_SUM_WEIGHT, sum_loss="auto")
     fit(model, loader, epochs=args.epochs, optimizer=optimizer, loss_fn=loss_fn,
         scheduler=scheduler, device=resolve_device(args.device))  # fmt: skip

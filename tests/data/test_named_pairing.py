@@ -229,7 +229,8 @@ def test_random_uniform_is_pure_function_of_index():
     short = RandomUniform(10, seed=4, low=-2.0, high=3.0)
 
     assert torch.equal(long.values[:10], short.values)
-    assert bool((long.values >= -2.0).all() and (long.values < 3.0).all())
+    assert bool((long.values >= -2.0).all())
+    assert bool((long.values < 3.0).all())
     assert not torch.equal(long.values[:10], RandomUniform(10, seed=5, low=-2.0, high=3.0).values)
 
 
@@ -237,7 +238,8 @@ def test_random_uniform_is_roughly_uniform():
     values = RandomUniform(20_000, seed=0).values
     counts = torch.histc(values, bins=10, min=0.0, max=1.0)
 
-    # Each tenth holds 2,000 values on average; 5 standard deviations is about 212.
+    # Each tenth contains 2,000 values on average, and 5 binomial standard deviations
+    # are about 212.
     assert bool(((counts - 2000).abs() < 212).all())
 
 

@@ -23,7 +23,7 @@ MNIST_STD = 0.3081
 
 
 class BatchSource(Protocol):
-    """What :class:`BatchLoader` reads: a length and whole batches by index tensor."""
+    """Dataset interface of :class:`BatchLoader`: a length, and whole batches by index tensor."""
 
     def __len__(self) -> int: ...
 

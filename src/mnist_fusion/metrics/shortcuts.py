@@ -184,7 +184,7 @@ def evaluate_side_sensitivity(
 
     A batch's ``missing`` entry (one mask, or masks by name) is passed to the model
     with both predictions, and the rows where the changed input is missing are left
-    out of its fraction: the model never sees that input there, so its prediction
+    out of its fraction: the model does not read that input there, so its prediction
     cannot follow it.
 
     The result is reproducible: the same model, the same batches in the same order and
