@@ -183,9 +183,8 @@ def evaluate_side_sensitivity(
     model's first parameter.
 
     A batch's ``missing`` entry (one mask, or masks by name) is passed to the model
-    with both predictions, and the rows where the changed input is missing are left
-    out of its fraction: the model does not read that input there, so its prediction
-    cannot follow it.
+    with both predictions. Rows where the changed input is missing are left out of its
+    fraction, because the model does not read that input there.
 
     The result is reproducible: the same model, the same batches in the same order and
     a generator in the same state give the same fractions. The default generator is a

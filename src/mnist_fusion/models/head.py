@@ -197,7 +197,7 @@ class FusionHead(nn.Module):
         return features  # (N, F)
 
     def _check_exact_range(self, num_classes: int) -> None:
-        reached = num_classes - 1 + sum(spec.max_value for spec in self.specs.values())
+        reached = self.config.reached_max_sum(num_classes=num_classes)
         if self.num_sums != reached + 1:
             raise ValueError(
                 f"`sum_head`='exact' gives the law of the digit plus the side inputs, whose "

@@ -142,8 +142,15 @@ class FusionHeadConfig:
         """
         if self.max_sum is not None:
             return self.max_sum
-        specs = self.side_specs().values()
-        return num_classes - 1 + sum(spec.max_value for spec in specs)
+        return self.reached_max_sum(num_classes=num_classes)
+
+    def reached_max_sum(self, *, num_classes: int) -> int:
+        """Return the largest digit plus the largest value of each categorical input.
+
+        Raises:
+            ValueError: If a side input is continuous, so its largest value is unknown.
+        """
+        return num_classes - 1 + sum(spec.max_value for spec in self.side_specs().values())
 
     def num_sums(self, *, num_classes: int) -> int:
         """Number of possible sums ``0 .. max_sum``: the width of a sum distribution.
@@ -177,12 +184,15 @@ class FusionHeadConfig:
             if isinstance(max_sum, bool) or not isinstance(max_sum, int) or max_sum < 0:
                 raise ValueError(f"Expected `max_sum` to be an integer >= 0, got {max_sum!r}.")
             return
-        continuous = [name for name, spec in self.side_specs().items() if spec.kind == "continuous"]
+        continuous = self._continuous_names()
         if continuous:
             raise ValueError(
                 f"Side input(s) {continuous} are continuous, so the range of the sum "
                 "target cannot be derived from the specs; declare it with `max_sum`."
             )
+
+    def _continuous_names(self) -> list[str]:
+        return [name for name, spec in self.side_specs().items() if spec.kind == "continuous"]
 
     def _check_exact(self) -> None:
         # The exact head reads only the digit distribution and the side values. An option
@@ -195,7 +205,7 @@ class FusionHeadConfig:
                     f"only, so `{name}`={getattr(self, name)!r} has no effect; leave `{name}` "
                     f"at {default!r} or choose a learned sum head."
                 )
-        continuous = [name for name, spec in self.side_specs().items() if spec.kind == "continuous"]
+        continuous = self._continuous_names()
         if continuous:
             raise ValueError(
                 f"`sum_head`='exact' adds integer side inputs to the digit, but {continuous} "
