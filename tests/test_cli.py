@@ -197,6 +197,39 @@ def test_resume_with_other_epochs(trained, tiny_mnist_root, tmp_path, capsys):
     assert read_json(copy / "history.json") == read_json(out / "history.json")
 
 
+@pytest.mark.parametrize(
+    ("flag", "saved", "given"), [("--seed", "0", "3"), ("--lr", "0.02", "0.005")]
+)
+def test_resume_with_other_seed_or_lr(
+    trained, tiny_mnist_root, tmp_path, capsys, flag, saved, given
+):
+    _, out = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state_before = (copy / "training_state.pt").read_bytes()
+
+    code = train(tiny_mnist_root, copy, "--epochs", "2", "--resume", flag, given)
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"continues a run with {flag} {saved}, but this run has {flag} {given}" in error
+    assert f"resume with {flag} {saved}, or train into a new --out folder" in error
+    assert (copy / "training_state.pt").read_bytes() == state_before
+
+
+def test_resume_state_without_saved_seed(trained, tiny_mnist_root, tmp_path):
+    # States written before the loader saved its seed resume under any --seed.
+    _, out = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state_path = copy / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["loader"]["seed"]
+    torch.save(state, state_path)
+
+    assert train(tiny_mnist_root, copy, "--epochs", "2", "--resume", "--seed", "3") == 0
+
+
 def test_resume_state_of_old_schedule(trained, tiny_mnist_root, tmp_path, capsys):
     _, out = trained
     copy = tmp_path / "copy"

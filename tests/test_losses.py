@@ -255,6 +255,72 @@ def test_two_image_digit_term_averages_both(n):
     assert loss.digit.item() == pytest.approx(both, rel=1e-5)
 
 
+def smoothed_nll_numpy(scores: torch.Tensor, target: torch.Tensor, eps: float) -> float:
+    """Mean cross-entropy against (1 - eps) one-hot plus eps / C on every class, in numpy."""
+    values = scores.double().numpy()
+    shifted = values - values.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    classes = values.shape[1]
+    soft = np.full(values.shape, eps / classes)
+    soft[np.arange(len(values)), target.numpy()] += 1 - eps
+    return float(-(soft * log_probs).sum(axis=1).mean())
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.5])
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_digit_label_smoothing_matches_soft_targets(n, eps):
+    output, batch = make_case(n, seed=n)
+
+    loss = FusionLoss(digit_label_smoothing=eps)(output, batch)
+
+    assert loss.digit.item() == pytest.approx(
+        smoothed_nll_numpy(output.digit_logits, batch["digit"], eps), rel=1e-5
+    )
+    assert loss.sum.item() == pytest.approx(FusionLoss()(output, batch).sum.item(), rel=1e-6)
+
+
+def test_digit_label_smoothing_leaves_sum_scores_unsmoothed():
+    output, batch = make_scores_case(16)
+
+    plain = FusionLoss(sum_loss="cross_entropy")(output, batch)
+    smoothed = FusionLoss(sum_loss="cross_entropy", digit_label_smoothing=0.2)(output, batch)
+
+    assert smoothed.sum.item() == plain.sum.item()
+    assert smoothed.digit.item() != pytest.approx(plain.digit.item())
+
+
+def test_digit_label_smoothing_covers_both_images():
+    output, batch = make_case(9, seed=3)
+    generator = torch.Generator().manual_seed(11)
+    second_logits = torch.randn(9, 10, generator=generator) * 3
+    second_digit = torch.randint(0, 10, (9,), generator=generator)
+    two = TwoImageOutput(output.digit_logits, sum=output.sum, second_digit_logits=second_logits)
+    batch = {"digit": batch["digit"], "second_digit": second_digit, "sum": batch["sum"]}
+
+    loss = FusionLoss(digit_label_smoothing=0.1)(two, batch)
+
+    both = smoothed_nll_numpy(
+        torch.cat([output.digit_logits, second_logits]),
+        torch.cat([batch["digit"], second_digit]),
+        0.1,
+    )
+    assert loss.digit.item() == pytest.approx(both, rel=1e-5)
+
+
+def test_smoothed_digit_loss_is_smallest_below_certainty():
+    # Against a smoothed target the best logits are finite: pushing the true class's
+    # logit ever higher first lowers the loss, then raises it again.
+    loss_fn = FusionLoss(digit_label_smoothing=0.1, sum_weight=0.0)
+    batch = {"digit": torch.tensor([3]), "sum": torch.tensor([3])}
+    losses = []
+    for margin in (0.0, 2.0, 4.0, 8.0, 16.0):
+        logits = torch.zeros(1, 10)
+        logits[0, 3] = margin
+        losses.append(loss_fn(FusionOutput(logits, sum=torch.tensor([3.0])), batch).digit.item())
+    best = losses.index(min(losses))
+    assert 0 < best < len(losses) - 1
+
+
 def test_uncertainty_total_matches_formula():
     output, batch = make_case(12)
     plain = FusionLoss()(output, batch)
@@ -524,6 +590,9 @@ def test_invalid_sum_loss():
         ({"digit_weight": 0.0, "sum_weight": 0.0}, "Both `digit_weight` and `sum_weight` are 0"),
         ({"huber_delta": 0.0}, "`huber_delta` > 0, but got 0.0"),
         ({"huber_delta": -1.0}, "`huber_delta` > 0, but got -1.0"),
+        ({"digit_label_smoothing": -0.1}, "`digit_label_smoothing` in [0, 1), but got -0.1"),
+        ({"digit_label_smoothing": 1.0}, "`digit_label_smoothing` in [0, 1), but got 1.0"),
+        ({"digit_label_smoothing": math.nan}, "`digit_label_smoothing` in [0, 1), but got nan"),
     ],
 )
 def test_invalid_options(kwargs, message):

@@ -190,7 +190,7 @@ def _run_train(args: argparse.Namespace) -> int:
         optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(train_loader)
     )
     if args.resume:
-        _check_resume_schedule(args.out / TRAINING_STATE_NAME, scheduler.cycle_steps, args)
+        _check_resume_arguments(args.out / TRAINING_STATE_NAME, scheduler.cycle_steps, args)
     # After the data and arguments are checked, so a run rejected by them keeps all files.
     distributed.run_on_main_process(_clean_out_folder, args.out, resume=args.resume)
     complexity = model_complexity(model)
@@ -395,11 +395,12 @@ def _digit_confusion(model: FusionModel, loader: BatchLoader, device: torch.devi
     return counts
 
 
-def _check_resume_schedule(
+def _check_resume_arguments(
     state_path: Path, cycle_steps: tuple[int, ...], args: argparse.Namespace
 ) -> None:
-    # A resumed scheduler takes the saved cycle lengths, so another --epochs or
-    # --batch-size would silently train on the first run's schedule.
+    # A resumed scheduler takes the saved cycle lengths and peak learning rate, and a
+    # resumed loader the saved shuffling state, so another --epochs, --batch-size, --lr
+    # or --seed would silently mix two runs.
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         scheduler_state = state["scheduler"]
@@ -418,6 +419,18 @@ def _check_resume_schedule(
             f"{state_path} continues a run with cycles of {tuple(saved)} steps, but --epochs "
             f"{args.epochs} with --batch-size {args.batch_size} gives {cycle_steps}; resume "
             "with the first run's --epochs and --batch-size, or train into a new --out folder."
+        )
+    _check_resumed_value(state_path, "--lr", scheduler_state.get("base_lrs", [None])[0], args.lr)
+    loader_state = state.get("loader") or {}
+    _check_resumed_value(state_path, "--seed", loader_state.get("seed"), args.seed)
+
+
+def _check_resumed_value(state_path: Path, flag: str, saved: object, requested: object) -> None:
+    # States written before a value was saved pass: there is nothing to compare.
+    if saved is not None and saved != requested:
+        raise ValueError(
+            f"{state_path} continues a run with {flag} {saved}, but this run has {flag} "
+            f"{requested}; resume with {flag} {saved}, or train into a new --out folder."
         )
 
 

@@ -42,6 +42,9 @@ class FusionLoss(nn.Module):
     """Digit NLL on log-probabilities plus a weighted sum loss.
 
     The digit term applies ``log_softmax`` to ``digit_logits``, so it is never negative.
+    With ``digit_label_smoothing=eps`` its target puts ``1 - eps`` on the true digit and
+    spreads ``eps`` evenly over all classes, as ``nn.CrossEntropyLoss(label_smoothing=eps)``
+    does; the sum term is never smoothed.
     When the output has ``second_digit_logits`` and the batch ``second_digit``
     (two-image addition), the digit term averages over both images. With
     ``digit_weight=0`` the loss never reads ``batch["digit"]``, so sum-only
@@ -75,10 +78,13 @@ class FusionLoss(nn.Module):
         huber_delta: Threshold of the Huber loss, where it turns from quadratic to
             linear; used by ``sum_loss="huber"`` only.
         uncertainty_weighting: Learn the weighting of the two terms.
+        digit_label_smoothing: Share of the digit target spread over all classes, in
+            ``[0, 1)``.
 
     Raises:
         ValueError: For an unknown ``sum_loss``, a negative weight, a ``huber_delta``
-            that is not positive, or both weights 0.
+            that is not positive, both weights 0, or a ``digit_label_smoothing``
+            outside ``[0, 1)``.
 
     Examples:
         >>> loss_fn = FusionLoss(sum_weight=0.5)
@@ -102,14 +108,21 @@ class FusionLoss(nn.Module):
         *,
         huber_delta: float = 1.0,
         uncertainty_weighting: bool = False,
+        digit_label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         _check_options(digit_weight, sum_weight, sum_loss, huber_delta)
+        # Written as a negation so that NaN is rejected too.
+        if not 0 <= digit_label_smoothing < 1:
+            raise ValueError(
+                f"Expected `digit_label_smoothing` in [0, 1), but got {digit_label_smoothing!r}."
+            )
         self.digit_weight = digit_weight
         self.sum_weight = sum_weight
         self.sum_loss = sum_loss
         self.huber_delta = huber_delta
         self.uncertainty_weighting = uncertainty_weighting
+        self.digit_label_smoothing = digit_label_smoothing
         if uncertainty_weighting:
             self.log_variances = nn.Parameter(torch.zeros(2))
         else:
@@ -137,7 +150,7 @@ class FusionLoss(nn.Module):
         if self.digit_weight == 0:
             digit_term = torch.zeros((), dtype=sum_term.dtype, device=sum_term.device)
         else:
-            digit_term = _digit_term(output, batch)
+            digit_term = _digit_term(output, batch, self.digit_label_smoothing)
         return LossOutput(total=self._total(digit_term, sum_term), digit=digit_term, sum=sum_term)
 
     def resolved_sum_loss(self, output: FusionOutput) -> str:
@@ -175,7 +188,8 @@ class FusionLoss(nn.Module):
         return (
             f"digit_weight={self.digit_weight}, sum_weight={self.sum_weight}, "
             f"sum_loss={self.sum_loss!r}, huber_delta={self.huber_delta}, "
-            f"uncertainty_weighting={self.uncertainty_weighting}"
+            f"uncertainty_weighting={self.uncertainty_weighting}, "
+            f"digit_label_smoothing={self.digit_label_smoothing}"
         )
 
 
@@ -197,7 +211,9 @@ def _check_options(
         raise ValueError(f"Expected `huber_delta` > 0, but got {huber_delta!r}.")
 
 
-def _digit_term(output: FusionOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _digit_term(
+    output: FusionOutput, batch: Mapping[str, torch.Tensor], smoothing: float
+) -> torch.Tensor:
     pairs = [("digit", output.digit_logits)]
     second_logits = getattr(output, "second_digit_logits", None)
     if second_logits is not None and "second_digit" in batch:
@@ -211,8 +227,7 @@ def _digit_term(output: FusionOutput, batch: Mapping[str, torch.Tensor]) -> torc
                 "supervision pass digit_weight=0."
             )
         target = _class_target(f"{name} target", batch[name], logits)
-        log_probs = F.log_softmax(logits, dim=-1)
-        terms.append(F.nll_loss(log_probs, target, reduction="sum"))
+        terms.append(F.cross_entropy(logits, target, reduction="sum", label_smoothing=smoothing))
         count += target.numel()
     # Dividing the summed NLL by the number of images weights both images alike.
     return torch.stack(terms).sum() / max(count, 1)

@@ -358,6 +358,24 @@ def test_loader_state_reproduces_next_epoch():
     assert epoch_indices(resumed) == expected
 
 
+def test_loader_state_records_its_seed():
+    loader = BatchLoader(small_data(50), batch_size=7, shuffle=True, seed=4)
+    other = BatchLoader(small_data(50), batch_size=7, shuffle=True, seed=99)
+
+    other.load_state_dict(loader.state_dict())
+
+    assert loader.state_dict()["seed"] == 4
+    # Loading takes the shuffling state, but the loader keeps the seed it was built with.
+    assert other.state_dict()["seed"] == 99
+
+
+def test_loader_state_without_generator_tensor_rejected():
+    loader = BatchLoader(small_data(50), batch_size=7, shuffle=True)
+
+    with pytest.raises(TypeError, match="`generator` to be a tensor, got int"):
+        loader.load_state_dict({"generator": 4, "seed": 4})
+
+
 def test_loader_state_is_a_snapshot():
     loader = BatchLoader(small_data(50), batch_size=7, shuffle=True, seed=4)
     state = loader.state_dict()

@@ -278,7 +278,8 @@ class BatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(_check_int("seed", seed))
+        self.seed = _check_int("seed", seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def __len__(self) -> int:
         full, last = divmod(len(self.dataset), self.batch_size)
@@ -297,10 +298,20 @@ class BatchLoader:
             stop = start + self.batch_size
             yield self.dataset.batch(order[start + self.rank : stop : self.world_size])
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Return the shuffling generator's state, so a resumed run draws the same orders."""
-        return {"generator": self.generator.get_state()}
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """Return the shuffling generator's state, so a resumed run draws the same orders.
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore the state written by :meth:`state_dict`."""
-        self.generator.set_state(state["generator"])
+        The state also contains the ``seed`` the loader was built with, so that a caller can
+        tell whether it resumes the run it means to.
+        """
+        return {"generator": self.generator.get_state(), "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor | int]) -> None:
+        """Restore the generator state written by :meth:`state_dict`; ``seed`` stays."""
+        generator_state = state["generator"]
+        if not isinstance(generator_state, torch.Tensor):
+            raise TypeError(
+                f"Expected the loader state's `generator` to be a tensor, got "
+                f"{type(generator_state).__name__}; pass a dict from BatchLoader.state_dict()."
+            )
+        self.generator.set_state(generator_state)
