@@ -43,7 +43,7 @@ TARGET_ACCURACY = 0.99
 class Settings:
     """Sizes of the measurements: full ones, or tiny ones that only check the harness."""
 
-    evals_per_epoch: int = 4
+    evals_per_epoch: int = 8
     test_images: int | None = None
     throughput_warmup: int = 5
     throughput_steps: int = 40

@@ -18,8 +18,7 @@ import time
 
 import torch
 
-from mnist_fusion.cli import DEFAULT_SUM_WEIGHT
-from mnist_fusion.losses import FusionLoss
+from mnist_fusion.cli import default_loss
 from mnist_fusion.models import ConvEncoderConfig, FusionModel, FusionModelConfig, model_complexity
 
 
@@ -34,7 +33,7 @@ def step_seconds(options: dict[str, object], *, steps: int, warmup: int) -> dict
     side = torch.randint(0, 10, (batch_size,))
     digit = torch.randint(0, 10, (batch_size,))
     batch = {"image": images, "side": side, "digit": digit, "sum": digit + side}
-    loss_fn = FusionLoss(sum_weight=DEFAULT_SUM_WEIGHT)
+    loss_fn = default_loss()
     optimizer = torch.optim.AdamW(model.parameters())
 
     def step() -> None:

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         train_loader,
         epochs=args.epochs,
         optimizer=optimizer,
-        loss_fn=FusionLoss(sum_weight=0.01),
+        loss_fn=FusionLoss(sum_weight=0.01, digit_label_smoothing=0.1),
         scheduler=scheduler,
         eval_loader=test_loader,
         device=device,

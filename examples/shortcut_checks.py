@@ -63,7 +63,11 @@ def train_head(sum_head: str, loader: BatchLoader, args: argparse.Namespace) -> 
     scheduler = cli.default_scheduler(
         optimizer, max_lr=lr, epochs=args.epochs, steps_per_epoch=len(loader)
     )
-    loss_fn = FusionLoss(sum_weight=cli.DEFAULT_SUM_WEIGHT, sum_loss="auto")
+    loss_fn = FusionLoss(
+        sum_weight=cli.DEFAULT_SUM_WEIGHT,
+        sum_loss="auto",
+        digit_label_smoothing=cli.DEFAULT_DIGIT_LABEL_SMOOTHING,
+    )
     fit(model, loader, epochs=args.epochs, optimizer=optimizer, loss_fn=loss_fn,
         scheduler=scheduler, device=resolve_device(args.device))  # fmt: skip
     return model

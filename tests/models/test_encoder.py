@@ -205,7 +205,11 @@ def test_small_preset_options():
 
 
 def test_small_preset_parameter_count():
-    assert count(ConvEncoder(ConvEncoderConfig.small())) == 29178
+    convs = conv_params([1, 16, 32, 64, 128], 3, bias=False)
+    norms = 2 * (16 + 32 + 64 + 128)
+    classifier = 128 * 1 * 1 * 10 + 10
+
+    assert count(ConvEncoder(ConvEncoderConfig.small())) == convs + norms + classifier == 98682
 
 
 def test_saved_config_without_new_fields_loads_old_order():

@@ -346,7 +346,7 @@ def sum_only_loss(output: FusionOutput, target: torch.Tensor) -> torch.Tensor:
 def test_default_parameter_count():
     model = FusionModel(FusionModelConfig())
 
-    assert sum(p.numel() for p in model.parameters()) == 30608
+    assert sum(p.numel() for p in model.parameters()) == 100112
 
 
 def test_default_state_keys():

@@ -49,7 +49,7 @@ def model_complexity(model: FusionModel) -> ModelComplexity:
 
     Examples:
         >>> model_complexity(FusionModel())
-        ModelComplexity(parameters=30608, macs_per_image=1926356)
+        ModelComplexity(parameters=100112, macs_per_image=2585428)
     """
     if not isinstance(model, FusionModel):
         raise TypeError(f"Expected a FusionModel, but got {type(model).__name__}.")
