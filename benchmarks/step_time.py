@@ -1,10 +1,11 @@
 """Time one training step of the default FusionModel with other encoder options.
 
-Each argument is a JSON object of ``ConvEncoderConfig`` fields, plus an optional
-``"batch_size"``. The timed step is a forward and backward pass with the default loss
+Each argument is a JSON object of ``ConvEncoderConfig`` fields that replace those of the
+default encoder, ``ConvEncoderConfig.small()``, plus an optional ``"batch_size"``; ``{}``
+times the default model itself. The timed step is a forward and backward pass with the default loss
 and an AdamW step, on random images. From the repository root:
 
-    python benchmarks/step_time.py '{"channels_last": false}' '{}' '{"stage_pool": "stride"}'
+    python benchmarks/step_time.py '{}' '{"channels_last": false}' '{"channels": [16, 32, 64]}'
 
 It prints the lower-quartile step time of each, which a busy machine disturbs least.
 The figures of docs/benchmarks.md that compare encoder shapes and layouts come from it.
@@ -13,6 +14,7 @@ The figures of docs/benchmarks.md that compare encoder shapes and layouts come f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -27,7 +29,8 @@ def step_seconds(options: dict[str, object], *, steps: int, warmup: int) -> dict
     options = dict(options)
     batch_size = int(options.pop("batch_size", 128))  # type: ignore[call-overload]
     torch.manual_seed(0)
-    model = FusionModel(FusionModelConfig(encoder=ConvEncoderConfig(**options)))  # type: ignore[arg-type]
+    encoder = dataclasses.replace(ConvEncoderConfig.small(), **options)  # type: ignore[arg-type]
+    model = FusionModel(FusionModelConfig(encoder=encoder))
     complexity = model_complexity(model)
     images = torch.randn(batch_size, 1, 28, 28)
     side = torch.randint(0, 10, (batch_size,))

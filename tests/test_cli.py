@@ -230,6 +230,33 @@ def test_resume_state_without_saved_seed(trained, tiny_mnist_root, tmp_path):
     assert train(tiny_mnist_root, copy, "--epochs", "2", "--resume", "--seed", "3") == 0
 
 
+def test_resume_state_without_schedule(trained, tiny_mnist_root, tmp_path, capsys):
+    _, out = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state_path = copy / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["scheduler"] = None
+    torch.save(state, state_path)
+
+    code = train(tiny_mnist_root, copy, "--epochs", "2", "--resume")
+
+    assert code == 1
+    assert "was written without a learning-rate schedule" in capsys.readouterr().err
+
+
+def test_last_batch_of_one_image_rejected(tiny_mnist_root, tmp_path, capsys):
+    # The default encoder's last BatchNorm runs on a 1x1 map, so a batch of one image
+    # cannot train; 1,200 images in batches of 1,199 leave a last batch of one.
+    code = train(tiny_mnist_root, tmp_path, "--epochs", "1", "--batch-size", "1199")
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "--batch-size 1199 on 1200 training images and 1 process(es)" in error
+    assert "training batch of 1 image" in error
+    assert not (tmp_path / "model.pt").exists()
+
+
 def test_resume_state_of_old_schedule(trained, tiny_mnist_root, tmp_path, capsys):
     _, out = trained
     copy = tmp_path / "copy"

@@ -420,6 +420,22 @@ def test_resume_damaged_state(train_data, tmp_path, content):
         )
 
 
+def test_resume_model_of_other_config(train_data, tmp_path):
+    loader = BatchLoader(subset(train_data, 20), batch_size=10)
+    first = new_model()
+    fit(first, loader, epochs=1, optimizer=torch.optim.SGD(first.parameters(), lr=1e-3),
+        checkpoint_dir=tmp_path, device="cpu", progress=False)  # fmt: skip
+    other = new_model(FusionModelConfig(encoder=ConvEncoderConfig(channels=(8, 16, 32))))
+    state_before = (tmp_path / TRAINING_STATE_NAME).read_bytes()
+
+    with pytest.raises(ValueError, match="saved from a model of another configuration") as info:
+        fit(other, loader, epochs=2, optimizer=torch.optim.SGD(other.parameters(), lr=1e-3),
+            checkpoint_dir=tmp_path, resume=True, device="cpu", progress=False)  # fmt: skip
+
+    assert "build the model as in the first run" in str(info.value)
+    assert (tmp_path / TRAINING_STATE_NAME).read_bytes() == state_before
+
+
 def test_resume_other_torch_file(train_data, tmp_path):
     state_path = tmp_path / TRAINING_STATE_NAME
     torch.save({"format": "something else"}, state_path)

@@ -38,8 +38,8 @@ DEFAULT_WEIGHT_DECAY = 5e-4
 # The sum gradient reaches the encoder through softmax(logits / 0.1), which amplifies
 # it. With 0.05, the digit accuracy after a 1.5-epoch first cycle was 0.3 points lower.
 DEFAULT_SUM_WEIGHT = 0.01
-# Label smoothing of the digit term; in docs/benchmarks.md it lifted the digit accuracy
-# after 5 epochs by about 0.1 points at no cost per step.
+# Label smoothing of the digit term. With the four-stage encoder it lifted the digit
+# accuracy after 5 epochs by about 0.1 points (seeds 0 and 1, docs/benchmarks.md).
 DEFAULT_DIGIT_LABEL_SMOOTHING = 0.1
 DEFAULT_FIRST_CYCLE_EPOCHS = 1.0
 DEFAULT_PCT_START = 0.2
@@ -188,6 +188,8 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     model = FusionModel(FusionModelConfig()).to(device)
+    if model.encoder.needs_two_images:
+        _check_no_single_image_batches(len(train_data), args.batch_size, world_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=DEFAULT_WEIGHT_DECAY)
     scheduler = default_scheduler(
         optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(train_loader)
@@ -405,6 +407,26 @@ def _digit_confusion(model: FusionModel, loader: BatchLoader, device: torch.devi
     return counts
 
 
+def _check_no_single_image_batches(count: int, batch_size: int, world_size: int) -> None:
+    # The default encoder's BatchNorm cannot train on one image, and a last batch of one
+    # would otherwise fail only after a whole epoch of work.
+    full, last = divmod(count, batch_size)
+    sizes = []
+    if full:
+        sizes.append(batch_size)
+    if last:
+        sizes.append(last)
+    for size in sizes:
+        shares = [len(range(rank, size, world_size)) for rank in range(world_size)]
+        if 1 in shares:
+            raise ValueError(
+                f"--batch-size {batch_size} on {count} training images and {world_size} "
+                f"process(es) gives a process a training batch of 1 image, which the default "
+                "encoder's BatchNorm cannot train on; choose a --batch-size that leaves every "
+                "process at least 2 images of every batch."
+            )
+
+
 def _check_resume_arguments(
     state_path: Path, cycle_steps: tuple[int, ...], args: argparse.Namespace
 ) -> None:
@@ -416,6 +438,12 @@ def _check_resume_arguments(
         scheduler_state = state["scheduler"]
     except Exception:
         return  # No usable state: fit starts afresh or reports the damaged file.
+    if not isinstance(scheduler_state, dict):
+        raise ValueError(
+            f"{state_path} was written without a learning-rate schedule, so not by "
+            "mnist-fusion train; train into a new --out folder, or run without --resume "
+            "to start afresh."
+        )
     # States written before the restarting schedule contain OneCycleLR's total_steps only.
     saved = scheduler_state.get("cycle_steps")
     if saved is None:
@@ -430,9 +458,11 @@ def _check_resume_arguments(
             f"{args.epochs} with --batch-size {args.batch_size} gives {cycle_steps}; resume "
             "with the first run's --epochs and --batch-size, or train into a new --out folder."
         )
-    _check_resumed_value(state_path, "--lr", scheduler_state.get("base_lrs", [None])[0], args.lr)
-    loader_state = state.get("loader") or {}
-    _check_resumed_value(state_path, "--seed", loader_state.get("seed"), args.seed)
+    saved_lrs = scheduler_state.get("base_lrs") or [None]
+    _check_resumed_value(state_path, "--lr", saved_lrs[0], args.lr)
+    loader_state = state.get("loader")
+    saved_seed = loader_state.get("seed") if isinstance(loader_state, dict) else None
+    _check_resumed_value(state_path, "--seed", saved_seed, args.seed)
 
 
 def _check_resumed_value(state_path: Path, flag: str, saved: object, requested: object) -> None:

@@ -655,7 +655,15 @@ def _load_training_state(
             "from the start, or pass resume=False."
         )
 
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"The model state in {str(path)!r} does not fit `model`, so it was saved from a "
+            f"model of another configuration ({str(error).splitlines()[0]}); build the model "
+            "as in the first run, or start afresh with a new checkpoint folder (--out for "
+            "mnist-fusion train)."
+        ) from error
     _load_loss_state(path, loss_fn, state.get("loss"))
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:

@@ -365,7 +365,16 @@ def test_loader_state_records_its_seed():
     other.load_state_dict(loader.state_dict())
 
     assert loader.state_dict()["seed"] == 4
-    # Loading takes the shuffling state, but the loader keeps the seed it was built with.
+    # The loaded generator continues seed 4's stream, so the next state says seed 4.
+    assert other.state_dict()["seed"] == 4
+
+
+def test_loader_state_without_seed_keeps_seed():
+    loader = BatchLoader(small_data(50), batch_size=7, shuffle=True, seed=4)
+    other = BatchLoader(small_data(50), batch_size=7, shuffle=True, seed=99)
+
+    other.load_state_dict({"generator": loader.state_dict()["generator"]})
+
     assert other.state_dict()["seed"] == 99
 
 

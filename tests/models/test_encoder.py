@@ -573,3 +573,65 @@ def test_encoder_shifts_only_in_training():
 def test_train_shift_out_of_range(value):
     with pytest.raises(ValueError, match=rf"`train_shift` in \[0, 28\) pixels, but got {value}"):
         ConvEncoderConfig(train_shift=value)
+
+
+# Batches of one image
+
+
+def norm_input_sizes(config: ConvEncoderConfig) -> list[int]:
+    """Record the height of every BatchNorm input in one training forward pass."""
+    encoder = ConvEncoder(config).train()
+    sizes: list[int] = []
+    for module in encoder.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_hook(lambda _, inputs, __: sizes.append(inputs[0].shape[-1]))
+    size = config.image_size
+    encoder(torch.zeros(2, config.in_channels, size, size))
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ConvEncoderConfig(),
+        ConvEncoderConfig.small(),
+        ConvEncoderConfig.wide(),
+        ConvEncoderConfig(channels=(8, 8, 8, 8)),
+        ConvEncoderConfig(channels=(8, 8, 8, 8), pool_placement="after_conv"),
+        ConvEncoderConfig(channels=(8, 8, 8, 8), stage_pool="stride"),
+        ConvEncoderConfig(channels=(8, 8), convs_per_stage=(1, 2), pool_placement="after_conv"),
+        ConvEncoderConfig(channels=(8, 8, 8, 8), stage_pool=("max", "max", "none", "max")),
+        ConvEncoderConfig(image_size=8, channels=(8, 8, 8), pool_placement="after_conv"),
+    ],
+)
+def test_needs_two_images_matches_norm_inputs(config):
+    encoder = ConvEncoder(config)
+
+    assert encoder.needs_two_images == (min(norm_input_sizes(config)) == 1)
+
+
+def test_small_preset_rejects_single_training_image():
+    encoder = ConvEncoder(ConvEncoderConfig.small()).train()
+
+    with pytest.raises(ValueError, match="training batch of 1 image cannot pass"):
+        encoder(torch.zeros(1, 1, 28, 28))
+
+
+def test_small_preset_single_image_in_eval_mode():
+    encoder = ConvEncoder(ConvEncoderConfig.small()).eval()
+
+    logits, _ = encoder(torch.zeros(1, 1, 28, 28))
+
+    assert logits.shape == (1, 10)
+
+
+def test_group_norm_trains_on_single_image():
+    config = ConvEncoderConfig(
+        channels=(16, 32, 64, 128), norm="group", pool_placement="after_conv"
+    )
+    encoder = ConvEncoder(config).train()
+
+    logits, _ = encoder(torch.zeros(1, 1, 28, 28))
+
+    assert not encoder.needs_two_images
+    assert logits.shape == (1, 10)

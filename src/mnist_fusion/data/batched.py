@@ -307,7 +307,11 @@ class BatchLoader:
         return {"generator": self.generator.get_state(), "seed": self.seed}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor | int]) -> None:
-        """Restore the generator state written by :meth:`state_dict`; ``seed`` stays."""
+        """Restore the generator state and the seed written by :meth:`state_dict`.
+
+        The loader then records the saved seed, whose stream its generator continues.
+        States written before the seed was saved leave ``seed`` as it is.
+        """
         generator_state = state["generator"]
         if not isinstance(generator_state, torch.Tensor):
             raise TypeError(
@@ -315,3 +319,5 @@ class BatchLoader:
                 f"{type(generator_state).__name__}; pass a dict from BatchLoader.state_dict()."
             )
         self.generator.set_state(generator_state)
+        if "seed" in state:
+            self.seed = _check_int("seed", state["seed"])

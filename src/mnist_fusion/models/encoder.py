@@ -27,6 +27,8 @@ class ConvEncoder(nn.Module):
     Attributes:
         num_features: Width of the feature vector, for sizing a fusion head.
         feature_shape: ``(channels, height, width)`` of the last feature map.
+        needs_two_images: Whether training needs at least 2 images a batch, because a
+            BatchNorm layer runs on a 1x1 map (as in :meth:`ConvEncoderConfig.small`).
 
     Examples:
         >>> encoder = ConvEncoder(ConvEncoderConfig())
@@ -46,6 +48,9 @@ class ConvEncoder(nn.Module):
 
         self.shift = RandomShift(config.train_shift)
         self.features = nn.Sequential(*_trunk(config))
+        # BatchNorm in training mode needs more than one value per channel, so a norm
+        # that runs on a 1x1 map cannot train on a batch of one image.
+        self.needs_two_images = config.norm == "batch" and min(_norm_map_sizes(config)) == 1
         self.dropout = nn.Dropout(config.dropout)
         if config.digit_head == "conv":
             self.classifier: nn.Module = nn.Conv2d(
@@ -70,11 +75,22 @@ class ConvEncoder(nn.Module):
         Returns:
             The features, one row per image.
 
+        Raises:
+            ValueError: In training mode, for a batch of one image when
+                ``needs_two_images`` is true.
+
         Examples:
             >>> encoder = ConvEncoder(ConvEncoderConfig(pool="avg"))
             >>> encoder.forward_features(torch.zeros(3, 1, 28, 28)).shape
             torch.Size([3, 64])
         """
+        if self.training and self.needs_two_images and images.shape[0] == 1:
+            raise ValueError(
+                "A training batch of 1 image cannot pass this encoder's BatchNorm, because "
+                "a stage normalises a 1x1 map, which leaves one value per channel. Train "
+                "on batches of at least 2 images (drop_last=True, or a batch size that "
+                "leaves no last batch of 1), or use norm='group'."
+            )
         return self.features(self.shift(images))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -159,6 +175,23 @@ def _trunk(config: ConvEncoderConfig) -> list[nn.Module]:
         layers.append(nn.AdaptiveAvgPool2d(1))
     layers.append(nn.Flatten())
     return layers
+
+
+def _norm_map_sizes(config: ConvEncoderConfig) -> list[int]:
+    """Return the height and width of the input map of each convolution's norm layer."""
+    sizes, size = [], config.image_size
+    pool_first = config.pool_placement == "after_conv"
+    for convs, pooling in zip(config.stage_convs, config.stage_pools, strict=True):
+        for index in range(convs):
+            pooled = index == convs - 1 and pooling in _STAGE_POOLS
+            if index == convs - 1 and pooling == "stride":
+                size = (size + 1) // 2
+            if pooled and pool_first:
+                size //= 2
+            sizes.append(size)
+            if pooled and not pool_first:
+                size //= 2
+    return sizes
 
 
 def _conv_block(
