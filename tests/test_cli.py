@@ -399,6 +399,15 @@ def test_epochs_must_be_positive(small_root, tmp_path, capsys, value):
     assert f"expected a positive integer, got '{value}'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["0", "-0.01", "inf", "nan"])
+def test_lr_must_be_positive_finite(small_root, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        train(small_root, tmp_path, "--lr", value)
+
+    assert exit_info.value.code == 2
+    assert f"expected a positive finite number, got '{value}'" in capsys.readouterr().err
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -117,7 +118,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
     train.add_argument(
-        "--lr", type=float, default=DEFAULT_LR, help="peak learning rate of each one-cycle cycle"
+        "--lr",
+        type=_positive_float,
+        default=DEFAULT_LR,
+        help="peak learning rate of each one-cycle cycle",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     train.add_argument(
@@ -485,6 +489,13 @@ def format_table(metrics: Mapping[str, float], *, title: str) -> str:
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
