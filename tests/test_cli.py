@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,17 @@ def trained(tiny_mnist_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     code = train(tiny_mnist_root, out, "--epochs", "2")
     return code, out
+
+
+def copy_with_edited_state(out: Path, tmp_path: Path, edit: Callable[[dict], object]) -> Path:
+    """Copy the run folder ``out`` and apply ``edit`` to its saved training state."""
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state_path = copy / "training_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    edit(state)
+    torch.save(state, state_path)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -219,25 +231,13 @@ def test_resume_with_other_seed_or_lr(
 
 def test_resume_state_without_saved_seed(trained, tiny_mnist_root, tmp_path):
     # States written before the loader saved its seed resume under any --seed.
-    _, out = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    state_path = copy / "training_state.pt"
-    state = torch.load(state_path, weights_only=True)
-    del state["loader"]["seed"]
-    torch.save(state, state_path)
+    copy = copy_with_edited_state(trained[1], tmp_path, lambda state: state["loader"].pop("seed"))
 
     assert train(tiny_mnist_root, copy, "--epochs", "2", "--resume", "--seed", "3") == 0
 
 
 def test_resume_state_without_schedule(trained, tiny_mnist_root, tmp_path, capsys):
-    _, out = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    state_path = copy / "training_state.pt"
-    state = torch.load(state_path, weights_only=True)
-    state["scheduler"] = None
-    torch.save(state, state_path)
+    copy = copy_with_edited_state(trained[1], tmp_path, lambda state: state.update(scheduler=None))
 
     code = train(tiny_mnist_root, copy, "--epochs", "2", "--resume")
 
@@ -258,13 +258,10 @@ def test_last_batch_of_one_image_rejected(tiny_mnist_root, tmp_path, capsys):
 
 
 def test_resume_state_of_old_schedule(trained, tiny_mnist_root, tmp_path, capsys):
-    _, out = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    state_path = copy / "training_state.pt"
-    state = torch.load(state_path, weights_only=True)
-    state["scheduler"] = {"total_steps": 20, "last_epoch": 20}
-    torch.save(state, state_path)
+    old_schedule = {"total_steps": 20, "last_epoch": 20}
+    copy = copy_with_edited_state(
+        trained[1], tmp_path, lambda state: state.update(scheduler=old_schedule)
+    )
 
     code = train(tiny_mnist_root, copy, "--epochs", "2", "--resume")
 

@@ -365,7 +365,7 @@ def test_loader_state_records_its_seed():
     other.load_state_dict(loader.state_dict())
 
     assert loader.state_dict()["seed"] == 4
-    # The loaded generator continues seed 4's stream, so the next state says seed 4.
+    # The loaded generator continues seed 4's stream, so the next state records seed 4.
     assert other.state_dict()["seed"] == 4
 
 

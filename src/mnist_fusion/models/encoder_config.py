@@ -151,7 +151,7 @@ class ConvEncoderConfig:
         and training images move by up to 1 pixel at random. The four poolings take the
         28x28 image to maps of 14, 7, 3 and 1 pixels, so the features are one vector of
         128 values. The last pooling rounds down: it reads the top-left 2x2 of the 3x3
-        map, whose convolution still sees the whole 3x3 map before it. It has 98,682
+        map, whose convolution still reads the whole 3x3 map before it. It has 98,682
         parameters and is the encoder of the default ``mnist-fusion train`` and
         of ``FusionModelConfig()``. The field defaults of this class differ from it in
         the channels and those two options, so that configurations saved before the
