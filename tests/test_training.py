@@ -810,6 +810,53 @@ def test_fit_loss_parameters_with_scheduler(train_data):
         )
 
 
+def options_run(data, checkpoint_dir, loss_fn, *, epochs, resume=False):
+    model = new_model()
+    return fit(
+        model,
+        BatchLoader(subset(data, 20), batch_size=10),
+        epochs=epochs,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
+        loss_fn=loss_fn,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        device="cpu",
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        ({"digit_label_smoothing": 0.1}, {}, "digit_label_smoothing=0.1 (now 0.0)"),
+        ({"sum_weight": 0.01}, {"sum_weight": 0.5}, "sum_weight=0.01 (now 0.5)"),
+        ({"sum_loss": "mse"}, {"sum_loss": "huber"}, "sum_loss='mse' (now 'huber')"),
+    ],
+)
+def test_resume_with_other_loss_options(train_data, tmp_path, first, second, message):
+    options_run(train_data, tmp_path, FusionLoss(**first), epochs=1)
+    state_before = (tmp_path / TRAINING_STATE_NAME).read_bytes()
+
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        options_run(train_data, tmp_path, FusionLoss(**second), epochs=2, resume=True)
+
+    assert "build the loss as in the first run" in str(info.value)
+    assert (tmp_path / TRAINING_STATE_NAME).read_bytes() == state_before
+
+
+def test_resume_state_without_loss_options(train_data, tmp_path):
+    # States written before the loss options were saved resume with any options.
+    options_run(train_data, tmp_path, FusionLoss(sum_weight=0.01), epochs=1)
+    state_path = tmp_path / TRAINING_STATE_NAME
+    state = torch.load(state_path, weights_only=True)
+    del state["loss_options"]
+    torch.save(state, state_path)
+
+    history = options_run(train_data, tmp_path, FusionLoss(sum_weight=0.5), epochs=2, resume=True)
+
+    assert len(history) == 2
+
+
 def uncertainty_run(data, checkpoint_dir, *, epochs, resume=False):
     model = new_model(seed=3)
     loss_fn = FusionLoss(sum_weight=0.05, uncertainty_weighting=True)

@@ -620,6 +620,7 @@ def _save_training_state(
         "epoch": len(history),
         "model": model.state_dict(),
         "loss": loss_fn.state_dict(),
+        "loss_options": _loss_options(loss_fn),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
@@ -665,6 +666,7 @@ def _load_training_state(
             "mnist-fusion train)."
         ) from error
     _load_loss_state(path, loss_fn, state.get("loss"))
+    _check_loss_options(path, loss_fn, state.get("loss_options"))
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
@@ -674,6 +676,35 @@ def _load_training_state(
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return list(state["history"])
+
+
+# The options of FusionLoss that its state_dict leaves out, so a resume compares them.
+_FUSION_LOSS_OPTIONS = (
+    "digit_weight", "sum_weight", "sum_loss", "huber_delta", "uncertainty_weighting",
+    "digit_label_smoothing",
+)  # fmt: skip
+
+
+def _loss_options(loss_fn: nn.Module) -> dict[str, Any] | None:
+    if not isinstance(loss_fn, FusionLoss):
+        return None
+    return {name: getattr(loss_fn, name) for name in _FUSION_LOSS_OPTIONS}
+
+
+def _check_loss_options(path: Path, loss_fn: nn.Module, saved: Mapping[str, Any] | None) -> None:
+    # States written before the options were saved, and other losses, pass unchecked.
+    current = _loss_options(loss_fn)
+    if saved is None or current is None:
+        return
+    changed = [name for name in current if name in saved and saved[name] != current[name]]
+    if changed:
+        differences = ", ".join(
+            f"{name}={saved[name]!r} (now {current[name]!r})" for name in changed
+        )
+        raise ValueError(
+            f"The training checkpoint {str(path)!r} was written with FusionLoss {differences}; "
+            "build the loss as in the first run, or start afresh with a new checkpoint folder."
+        )
 
 
 def _load_loss_state(path: Path, loss_fn: nn.Module, saved: Mapping[str, Any] | None) -> None:
