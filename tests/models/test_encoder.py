@@ -602,6 +602,9 @@ def norm_input_sizes(config: ConvEncoderConfig) -> list[int]:
         ConvEncoderConfig(channels=(8, 8), convs_per_stage=(1, 2), pool_placement="after_conv"),
         ConvEncoderConfig(channels=(8, 8, 8, 8), stage_pool=("max", "max", "none", "max")),
         ConvEncoderConfig(image_size=8, channels=(8, 8, 8), pool_placement="after_conv"),
+        ConvEncoderConfig(image_size=8, channels=(8, 8, 8, 8), stage_pool=("max",) * 3 + ("none",)),
+        ConvEncoderConfig(image_size=8, channels=(8, 8, 8), stage_pool="stride"),
+        ConvEncoderConfig(image_size=8, channels=(8, 8, 8)),
     ],
 )
 def test_needs_two_images_matches_norm_inputs(config):

@@ -49,8 +49,15 @@ class ConvEncoder(nn.Module):
         self.shift = RandomShift(config.train_shift)
         self.features = nn.Sequential(*_trunk(config))
         # BatchNorm in training mode needs more than one value per channel, so a norm
-        # that runs on a 1x1 map cannot train on a batch of one image.
-        self.needs_two_images = config.norm == "batch" and min(_norm_map_sizes(config)) == 1
+        # that runs on a 1x1 map cannot train on a batch of one image. Maps only shrink,
+        # so the last norm reads the smallest one: the final map, unless a pooling step
+        # follows that norm.
+        pooled_after_last_norm = (
+            config.pool_placement == "after_activation" and config.stage_pools[-1] in _STAGE_POOLS
+        )
+        self.needs_two_images = (
+            config.norm == "batch" and config.feature_map_size == 1 and not pooled_after_last_norm
+        )
         self.dropout = nn.Dropout(config.dropout)
         if config.digit_head == "conv":
             self.classifier: nn.Module = nn.Conv2d(
@@ -175,23 +182,6 @@ def _trunk(config: ConvEncoderConfig) -> list[nn.Module]:
         layers.append(nn.AdaptiveAvgPool2d(1))
     layers.append(nn.Flatten())
     return layers
-
-
-def _norm_map_sizes(config: ConvEncoderConfig) -> list[int]:
-    """Return the height and width of the input map of each convolution's norm layer."""
-    sizes, size = [], config.image_size
-    pool_first = config.pool_placement == "after_conv"
-    for convs, pooling in zip(config.stage_convs, config.stage_pools, strict=True):
-        for index in range(convs):
-            pooled = index == convs - 1 and pooling in _STAGE_POOLS
-            if index == convs - 1 and pooling == "stride":
-                size = (size + 1) // 2
-            if pooled and pool_first:
-                size //= 2
-            sizes.append(size)
-            if pooled and not pool_first:
-                size //= 2
-    return sizes
 
 
 def _conv_block(
